@@ -1,0 +1,58 @@
+"""``flashsale dashboard``: serve the live host dashboard and the read API."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from aiohttp import web
+
+from consumers.dashboard.settings import DashboardSettings, get_settings
+from flashsale.env import ConfigError
+
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flashsale dashboard",
+        description="Serve the live host dashboard (/), its SSE feed (/live/rooms/{room_id}), the read API "
+                    "(/api/*), /metrics, /healthz and /readyz. Settings come from FLASHSALE_* variables "
+                    "(FLASHSALE_REDIS_URL, FLASHSALE_DASHBOARD_HOST, FLASHSALE_DASHBOARD_PORT, "
+                    "FLASHSALE_DASHBOARD_PUSH_INTERVAL_S, ...); options below override them.")
+    parser.add_argument("--host", help=f"bind address (default {DashboardSettings.host})")
+    parser.add_argument("--port", type=int, help=f"port (default {DashboardSettings.port})")
+    parser.add_argument("--redis-url", help="Redis URL (default FLASHSALE_REDIS_URL)")
+    parser.add_argument("--push-interval", type=float, help="seconds between live pushes, 0.05-1.0")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        print(f"flashsale dashboard: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("redis_url", args.redis_url),
+                                   ("push_interval_s", args.push_interval)) if v is not None}
+    if "push_interval_s" in overrides and not 0.05 <= overrides["push_interval_s"] <= 1.0:
+        print("flashsale dashboard: --push-interval must be between 0.05 and 1.0 seconds",  # noqa: T201
+              file=sys.stderr)
+        return 2
+    settings = dataclasses.replace(settings, **overrides)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from consumers.dashboard.server import create_app
+
+    app = create_app(settings)
+    print(f"flashsale dashboard on http://{settings.host}:{settings.port}/", flush=True)  # noqa: T201
+    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                print=None, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

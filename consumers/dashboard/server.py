@@ -1,0 +1,133 @@
+"""The dashboard's aiohttp app: page, static assets, live SSE, read API, metrics, health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.asyncio.cluster import RedisCluster
+
+from consumers import readmodel
+from consumers.api import add_api_routes
+from consumers.dashboard.live import LiveHub, make_live_handler
+from consumers.dashboard.metrics import DashboardMetrics
+from consumers.dashboard.settings import DashboardSettings
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+READY_TIMEOUT_S: Final = 1.0
+# Everything the page needs comes from this origin; inline SVG is markup, not script.
+CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+              "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+SETTINGS: Final = web.AppKey("dashboard_settings", DashboardSettings)
+METRICS: Final = web.AppKey("dashboard_metrics", DashboardMetrics)
+HUB: Final = web.AppKey("dashboard_hub", LiveHub)
+REDIS_KEY: Final = "redis"  # the agreed key consumers.api reads: app["redis"]
+
+
+class ReadModelSource:
+    """The live feed's data: consumers.readmodel over one shared Redis client."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+
+    async def snapshot(self, room_id: str, now_ms: int) -> dict[str, Any] | None:
+        return await readmodel.room_snapshot(self._redis, room_id, now_ms)
+
+    async def funnel(self, room_id: str, channel: str | None, now_ms: int) -> dict[str, Any] | None:
+        return await readmodel.room_funnel(self._redis, room_id, channel, now_ms)
+
+    async def rooms(self, now_ms: int) -> list[dict[str, Any]]:
+        return await readmodel.list_rooms(self._redis, now_ms)
+
+
+def connect_redis(settings: DashboardSettings) -> Any:
+    """No I/O here: redis-py connects on the first command, inside the running loop."""
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, decode_responses=False)
+    return aioredis.Redis.from_url(settings.redis_url, decode_responses=False, health_check_interval=10,
+                                   socket_connect_timeout=2.0)
+
+
+def _set_redis(app: web.Application, client: Any) -> None:
+    with warnings.catch_warnings():  # the agreed str key; aiohttp prefers AppKey objects
+        warnings.simplefilter("ignore")
+        app[REDIS_KEY] = client
+
+
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.path == "/" or request.path.startswith("/static/"):
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["Cache-Control"] = "no-cache"  # revalidate (304) so a deploy shows up at once
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await asyncio.wait_for(request.app[REDIS_KEY].ping(), READY_TIMEOUT_S)
+    except Exception as exc:  # any failure means not ready; say why without a stack trace
+        return web.json_response({"status": "unavailable", "redis": type(exc).__name__}, status=503)
+    if request.app[HUB].closed:
+        return web.json_response({"status": "shutting down"}, status=503)
+    return web.json_response({"status": "ready", "redis": "ok"})
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _log_start(app: web.Application) -> None:
+    logger.info("dashboard ready: %r", app[SETTINGS])
+
+
+async def _close_streams(app: web.Application) -> None:
+    # on_shutdown runs before aiohttp waits for handlers: ending the streams lets them return now.
+    await app[HUB].close()
+
+
+async def _close_redis(app: web.Application) -> None:
+    await app[HUB].close()
+    await app[REDIS_KEY].aclose()
+
+
+def create_app(settings: DashboardSettings, registry: CollectorRegistry | None = None) -> web.Application:
+    """Build the app; no I/O here: Redis connects on first use, room feeds start with their first viewer."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[METRICS] = DashboardMetrics(registry)
+    client = connect_redis(settings)
+    _set_redis(app, client)
+    app[HUB] = LiveHub(ReadModelSource(client), app[METRICS], interval_s=settings.push_interval_s,
+                       rooms_refresh_s=settings.rooms_refresh_s, idle_grace_s=settings.idle_room_grace_s,
+                       currency=settings.currency, clock=time.time)
+    app.on_response_prepare.append(_headers)
+    app.on_startup.append(_log_start)
+    app.on_shutdown.append(_close_streams)
+    app.on_cleanup.append(_close_redis)
+    live = make_live_handler(lambda request: request.app[HUB], settings.max_connections, app[METRICS])
+    app.router.add_get("/", index)
+    app.router.add_get("/live/rooms/{room_id:.+}", live)  # room ids may hold any character
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    add_api_routes(app)
+    return app

@@ -1,0 +1,235 @@
+"""Order decisions: read them from Redis, or wait for them on the order-decisions topic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from schemas import redis_keys
+from schemas.codec import decode_record
+from schemas.events import Event, OrderAccepted, OrderRejected
+
+logger = logging.getLogger(__name__)
+
+ACCEPTED_STATES: Final = frozenset({"reserved", "sold", "expired", "cancelled"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The pipeline's answer to one order.placed: accepted (units reserved) or rejected (with a reason)."""
+
+    order_id: str
+    sale_id: str
+    outcome: str  # "accepted" | "rejected"
+    reason: str | None
+    state: str  # reserved | rejected | sold | expired | cancelled
+    qty: int
+    reserved_until: int | None
+    event: dict[str, Any] | None = None  # the decision event, when it came from the topic
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome == "accepted"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"order_id": self.order_id, "sale_id": self.sale_id, "outcome": self.outcome, "reason": self.reason,
+                "state": self.state, "qty": self.qty, "reserved_until": self.reserved_until}
+
+
+def decision_from_event(event: Event) -> Decision | None:
+    """order.accepted / order.rejected → Decision; other event types → None."""
+    data = event.data
+    if isinstance(data, OrderAccepted):
+        return Decision(data.order_id, data.sale_id, "accepted", None, "reserved", data.qty, data.reserved_until,
+                        event.to_dict())
+    if isinstance(data, OrderRejected):
+        return Decision(data.order_id, data.sale_id, "rejected", data.reason, "rejected", data.qty, None,
+                        event.to_dict())
+    return None
+
+
+def decision_from_record(sale_id: str, order_id: str, raw: bytes | str) -> Decision | None:
+    """Parse the stock script's order record (see schemas.redis_keys.sale_orders); None if unreadable."""
+    try:
+        rec = orjson.loads(raw)
+        state = str(rec["s"])
+        qty = int(rec.get("q") or 0)
+        deadline = int(rec.get("d") or 0)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        logger.warning("unreadable order record for sale %s order %s: %s", sale_id, order_id, exc)
+        return None
+    if state == "rejected":
+        return Decision(order_id, sale_id, "rejected", str(rec.get("r") or "") or None, state, qty, None)
+    if state not in ACCEPTED_STATES:
+        logger.warning("order record for sale %s order %s has unknown state %r", sale_id, order_id, state)
+        return None
+    return Decision(order_id, sale_id, "accepted", None, state, qty, deadline or None)
+
+
+async def read_decision(redis: Any, sale_id: str, order_id: str) -> Decision | None:
+    """The order's current decision from the sale's orders hash; None while it is pending or unknown."""
+    raw = await redis.hget(redis_keys.sale_orders(sale_id), order_id)
+    if raw is None:
+        return None
+    return decision_from_record(sale_id, order_id, raw)
+
+
+class DecisionWaiter:
+    """Follows the order-decisions topic (no consumer group: every partition, from the end) and resolves
+    waiters by order id; ``wait`` also polls Redis, so a decision made before the waiter started, or
+    one whose event was missed, is still found."""
+
+    def __init__(self, bootstrap: str, topic: str, *, redis: Any | None = None, poll_interval_s: float = 0.25,
+                 fetch_max_wait_ms: int = 50, remember: int = 20_000, start_timeout_s: float = 10.0,
+                 client_id: str = "flashsale-decisions") -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._redis = redis
+        self._poll_interval_s = poll_interval_s
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._remember = remember
+        self._start_timeout_s = start_timeout_s
+        self._client_id = client_id
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: dict[str, list[asyncio.Future[Decision]]] = {}
+        self._recent: OrderedDict[str, Decision] = OrderedDict()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def __aenter__(self) -> DecisionWaiter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Assign every partition and fix the start positions at the end, before returning."""
+        if self._consumer is not None:
+            return
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="latest", fetch_max_wait_ms=self._fetch_max_wait_ms,
+                                    client_id=self._client_id, request_timeout_ms=int(self._start_timeout_s * 1000))
+        try:
+            async with asyncio.timeout(self._start_timeout_s):
+                await consumer.start()
+                partitions = await self._partitions(consumer)
+                tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+                consumer.assign(tps)
+                await consumer.seek_to_end(*tps)
+                for tp in tps:
+                    await consumer.position(tp)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await consumer.stop()
+            raise ConnectionError(f"cannot follow {self.topic} on Kafka at {self.bootstrap} (timeout "
+                                  f"{self._start_timeout_s:g}s): {exc or type(exc).__name__}") from exc
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name=f"decisions:{self.topic}")
+        logger.info("following %s (%d partitions) on %s", self.topic, len(tps), self.bootstrap)
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:
+        for _ in range(200):  # bounded; the enclosing timeout bounds the time
+            parts = consumer.partitions_for_topic(self.topic)
+            if parts:
+                return set(parts)
+            # aiokafka has no public call for an unsubscribed topic's partitions; refresh all metadata.
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.05)
+        raise KafkaError(f"topic {self.topic} does not exist")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+        for futures in self._waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+        self._waiters.clear()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            except KafkaError as exc:
+                logger.warning("reading %s failed, retrying: %s", self.topic, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for records in batches.values():
+                for record in records:
+                    self._apply_record(record.value)
+
+    def _apply_record(self, value: bytes | None) -> None:
+        decoded = decode_record(value)
+        for event in decoded.events:
+            decision = decision_from_event(event)
+            if decision is not None:
+                self.resolve(decision)
+        if decoded.errors:
+            logger.warning("%d undecodable items on %s: %s", len(decoded.errors), self.topic,
+                           decoded.errors[0].detail)
+
+    def resolve(self, decision: Decision) -> None:
+        """Record a decision (the first one per order wins; replays carry the same answer)."""
+        if decision.order_id not in self._recent:
+            self._recent[decision.order_id] = decision
+            while len(self._recent) > self._remember:
+                self._recent.popitem(last=False)
+        for fut in self._waiters.pop(decision.order_id, ()):
+            if not fut.done():
+                fut.set_result(self._recent[decision.order_id])
+
+    def recent(self, order_id: str) -> Decision | None:
+        return self._recent.get(order_id)
+
+    async def wait(self, sale_id: str, order_id: str, timeout: float) -> Decision | None:  # noqa: ASYNC109
+        """The order's decision, or None when none arrives within ``timeout`` seconds."""
+        seen = self._recent.get(order_id)
+        if seen is not None:
+            return seen
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Decision] = loop.create_future()
+        self._waiters.setdefault(order_id, []).append(fut)
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                if self._redis is not None:
+                    found = await read_decision(self._redis, sale_id, order_id)
+                    if found is not None:
+                        return found
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                done, _ = await asyncio.wait({fut}, timeout=min(self._poll_interval_s, remaining))
+                if done:
+                    return None if fut.cancelled() else fut.result()
+        finally:
+            futures = self._waiters.get(order_id)
+            if futures is not None:
+                with contextlib.suppress(ValueError):
+                    futures.remove(fut)
+                if not futures:
+                    self._waiters.pop(order_id, None)
+            if not fut.done():
+                fut.cancel()

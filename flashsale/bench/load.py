@@ -1,0 +1,172 @@
+"""Open-loop load: order attempts at a fixed rate, and decision latency as seen by a reader."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas.topics import TopicNames
+
+TICK_S = 0.01
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def sale_opened(sale_id: str, sku: str, allotment: int, ts: int) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "sale.opened",
+            "v": 1,
+            "event_id": f"open-{sale_id}",
+            "ts": ts,
+            "room_id": "bench-room",
+            "user_id": "host",
+            "channel": "live_room",
+            "data": {
+                "sale_id": sale_id,
+                "sku": sku,
+                "price": 100,
+                "allotment": allotment,
+                "per_user_limit": 10_000,
+                "starts_at": ts - 1000,
+                "ends_at": ts + 3_600_000,
+                "reservation_ttl_s": 3600,
+            },
+        }
+    )
+
+
+def attempt(n: int, sale_id: str, sku: str, ts: int, users: int) -> dict[str, object]:
+    return {
+        "type": "order.placed",
+        "v": 1,
+        "event_id": f"e{n}",
+        "ts": ts,
+        "room_id": "bench-room",
+        "user_id": f"u{n % users}",
+        "channel": "live_room",
+        "data": {"order_id": f"o{n}", "sale_id": sale_id, "sku": sku, "qty": 1, "unit_price": 100},
+    }
+
+
+@dataclass
+class LatencyMeter:
+    """Reads the decisions topic from its end; records event-time → received latency per decision."""
+
+    bootstrap: str
+    topic: str
+    latencies_ms: list[int] = field(default_factory=list)
+    decided: int = 0
+    first_ms: int = 0
+    last_ms: int = 0
+    _consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
+        await c.start()
+        parts = c.partitions_for_topic(self.topic)
+        if parts is None:
+            await c._client.force_metadata_update()  # noqa: SLF001
+            parts = c.partitions_for_topic(self.topic) or set()
+        tps = [TopicPartition(self.topic, p) for p in parts]
+        c.assign(tps)
+        await c.seek_to_end(*tps)
+        for tp in tps:
+            await c.position(tp)
+        self._consumer = c
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100, max_records=20_000)
+            t = now_ms()
+            for msgs in batch.values():
+                for m in msgs:
+                    obj = orjson.loads(m.value)
+                    for d in obj if isinstance(obj, list) else [obj]:
+                        if d["type"] in ("order.accepted", "order.rejected"):
+                            self.decided += 1
+                            self.latencies_ms.append(t - d["ts"])
+                            self.first_ms = self.first_ms or t
+                            self.last_ms = t
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._consumer:
+            await self._consumer.stop()
+
+
+def percentile(values: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return float(s[min(len(s) - 1, int(q * len(s)))])
+
+
+async def open_sales(bootstrap: str, names: TopicNames, sales: list[tuple[str, str]], allotment: int) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await p.start()
+    try:
+        ts = now_ms()
+        for sale_id, sku in sales:
+            await p.send_and_wait(names.orders, sale_opened(sale_id, sku, allotment, ts), key=sku.encode())
+    finally:
+        await p.stop()
+
+
+async def drive(
+    bootstrap: str,
+    names: TopicNames,
+    sales: list[tuple[str, str]],
+    rate: float,
+    duration: float,
+    start_n: int = 0,
+    users: int = 50_000,
+    progress: bool = True,
+) -> int:
+    """Publish ``rate`` attempts/s for ``duration`` s, one batched record per SKU per 10 ms tick."""
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=1 << 20)
+    await p.start()
+    n = start_n
+    try:
+        t0 = time.monotonic()
+        ticks = int(duration / TICK_S)
+        carry = 0.0
+        futs = []
+        for i in range(ticks):
+            target = t0 + i * TICK_S
+            delay = target - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            carry += rate * TICK_S
+            count, carry = int(carry), carry - int(carry)
+            if not count:
+                continue
+            ts = now_ms()
+            per: dict[int, list[dict[str, object]]] = {}
+            for k in range(count):
+                idx = (n + k) % len(sales)
+                per.setdefault(idx, []).append(attempt(n + k, sales[idx][0], sales[idx][1], ts, users))
+            n += count
+            for idx, evs in per.items():
+                futs.append(await p.send(names.orders, orjson.dumps(evs), key=sales[idx][1].encode()))
+            if len(futs) > 2000:
+                await asyncio.gather(*futs)
+                futs.clear()
+        await asyncio.gather(*futs)
+    finally:
+        await p.stop()
+    return n

@@ -1,0 +1,98 @@
+"""Render benchmark results as the docs/BENCHMARKS.md table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(x: Any, nd: int = 0) -> str:
+    try:
+        return f"{float(x):,.{nd}f}"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    stock = r.get("stock")
+    if stock:
+        for step in stock["rates"]:
+            rows.append(
+                (
+                    f"stock @ {_f(step['target_rate'])} attempts/s: p50 / p99 decision latency",
+                    f"{_f(step['p50_ms'])} / {_f(step['p99_ms'])} ms",
+                    "kept up" if step["kept_up"] else "FELL BEHIND",
+                )
+            )
+        s = stock["sustained"]
+        rows.append(
+            (
+                "stock sustained throughput (backlog drain)",
+                f"{_f(s['attempts_per_s'])} /s",
+                f"worker {s['processes']['worker']['cpu_percent']}% CPU, {s['processes']['worker']['rss_mb']} MB",
+            )
+        )
+    ref = r.get("reference")
+    if ref:
+        ceil, naive = ref["aiokafka_batch_lua"]["attempts_per_s"], ref["naive_faust"]["attempts_per_s"]
+        rows.append(("reference: plain aiokafka loop + one Lua call/batch", f"{_f(ceil)} /s", "machine ceiling"))
+        rows.append(("reference: naive Faust agent, 1 Redis await/event", f"{_f(naive)} /s", ""))
+        if stock:
+            mine = stock["sustained"]["attempts_per_s"]
+            rows.append(("pipeline / naive agent", f"{mine / naive:.1f}x", "target >= 4x"))
+            rows.append(("pipeline / ceiling", f"{mine / ceil * 100:.0f}%", "target >= 60%"))
+    for name in ("metrics", "dashboard"):
+        part = r.get(name)
+        if part and "summary" in part:
+            rows.extend((str(a), str(b), str(c)) for a, b, c in part["summary"])
+        elif part and "error" in part:
+            rows.append((name, "not run", part["error"]))
+    return rows
+
+
+def render(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`flashsale bench all`); every figure below comes from that run. Numbers are",
+        "from one machine with broker, Redis, workers and the load generator all on the same cores, so they",
+        "show the shape and the bottleneck, not a cluster's capacity.",
+        "",
+        f"- Date: {m['date']}",
+        f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}",
+        f"- Python {m['python']}, redis-server {m['redis']}, broker: Tansu (embedded, memory only)",
+        f"- Settings: {r['settings']}",
+        "",
+        "| measure | value | note |",
+        "|---|---:|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(r)]
+    stock = r.get("stock")
+    if stock:
+        lines += [
+            "",
+            "## Stock core: fixed-rate steps",
+            "",
+            "| target/s | achieved/s | p50 ms | p99 ms | max ms | drained after send | worker CPU % | worker RSS MB "
+            "| broker CPU % | redis CPU % |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in stock["rates"]:
+            p = s["processes"]
+            lines.append(
+                f"| {_f(s['target_rate'])} | {_f(s['achieved_rate'])} | {_f(s['p50_ms'])} | {_f(s['p99_ms'])} "
+                f"| {_f(s['max_ms'])} | {s['drain_after_send_s']} s | {p['worker']['cpu_percent']} "
+                f"| {p['worker']['rss_mb']} | {p['broker']['cpu_percent']} | {p['redis']['cpu_percent']} |"
+            )
+        lines += [
+            "",
+            "Latency is event time (set by the load generator when it builds the batch) to the moment a",
+            "reader of the `order-decisions` topic receives the decision.",
+        ]
+    for name in ("metrics", "dashboard"):
+        part = r.get(name)
+        if part and part.get("markdown"):
+            lines += ["", str(part["markdown"])]
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""``flashsale bench stock``: decision latency at fixed rates and the sustained ceiling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from flashsale.bench.load import LatencyMeter, drive, open_sales, percentile
+from flashsale.bench.procstats import ProcSampler
+from flashsale.bench.stack import BenchStack
+from schemas.topics import TopicNames
+
+SALES = [(f"bench-s{i}", f"bench-sku-{i}") for i in range(8)]
+
+
+async def run_rate(stack: BenchStack, rate: float, duration: float, drain_s: float = 15.0,
+                   sales: list[tuple[str, str]] = SALES) -> dict[str, Any]:
+    names = TopicNames(stack.prefix)
+    meter = LatencyMeter(stack.bootstrap, names.decisions)
+    await meter.start()
+    sampler = ProcSampler({n: p.pid for n, p in stack.procs.items()})
+    sampler.start()
+    started = time.monotonic()
+    await drive(stack.bootstrap, names, sales, rate, duration, start_n=int(time.time() * 1000) * 10)  # unique ids
+    produced = int(rate * duration)
+    send_s = time.monotonic() - started
+    deadline = time.monotonic() + drain_s
+    while meter.decided < produced and time.monotonic() < deadline:
+        sampler.sample()
+        await asyncio.sleep(0.1)
+    behind_s = time.monotonic() - started - send_s
+    procs = sampler.stop()
+    await meter.stop()
+    lat = meter.latencies_ms
+    return {
+        "target_rate": rate, "duration_s": duration, "attempts": produced, "decided": meter.decided,
+        "achieved_rate": round(meter.decided / max(1e-9, send_s + behind_s), 1),
+        "p50_ms": percentile(lat, 0.50), "p99_ms": percentile(lat, 0.99), "max_ms": float(max(lat) if lat else "nan"),
+        "drain_after_send_s": round(behind_s, 2), "kept_up": meter.decided >= produced and behind_s < 2.0,
+        "processes": procs,
+    }
+
+
+async def _backlog(stack: BenchStack, attempts: int, sales: list[tuple[str, str]]) -> LatencyMeter:
+    names = TopicNames(stack.prefix)
+    await open_sales(stack.bootstrap, names, sales, 100_000_000)
+    await drive(stack.bootstrap, names, sales, rate=attempts / 2.0, duration=2.0, start_n=10**12)
+    meter = LatencyMeter(stack.bootstrap, names.decisions)
+    await meter.start()
+    return meter
+
+
+async def _drain(stack: BenchStack, meter: LatencyMeter, attempts: int, name: str,
+                 timeout: float) -> dict[str, Any]:
+    sampler = ProcSampler({name: stack.procs[name].pid, "broker": stack.procs["broker"].pid,
+                           "redis": stack.procs["redis"].pid})
+    sampler.start()
+    deadline = time.monotonic() + timeout
+    while meter.decided < attempts and time.monotonic() < deadline:
+        sampler.sample()
+        await asyncio.sleep(0.05)
+    procs = sampler.stop()
+    await meter.stop()
+    span = max(1e-9, (meter.last_ms - meter.first_ms) / 1000)
+    return {"attempts": attempts, "decided": meter.decided, "drain_s": round(span, 2),
+            "attempts_per_s": round(meter.decided / span, 1), "processes": procs}
+
+
+def run_backlog(stack: BenchStack, attempts: int, start: Any, name: str, timeout: float = 180,
+                sales: list[tuple[str, str]] = SALES) -> dict[str, Any]:
+    """Sustained throughput: publish a backlog of ``attempts``, then start the consumer ``start()``
+    and time first → last decision (start-up and group join excluded)."""
+
+    async def go() -> dict[str, Any]:
+        meter = await _backlog(stack, attempts, sales)
+        await asyncio.get_running_loop().run_in_executor(None, start)
+        return await _drain(stack, meter, attempts, name, timeout)
+
+    return asyncio.run(go())
+
+
+async def prepare(stack: BenchStack, sales: list[tuple[str, str]] = SALES, allotment: int = 100_000_000) -> None:
+    await open_sales(stack.bootstrap, TopicNames(stack.prefix), sales, allotment)
+
+
+def bench_stock(stack: BenchStack, rates: list[float], duration: float, ceiling_attempts: int,
+                log: Any = print, **worker_env: str) -> dict[str, Any]:
+    stack.new_prefix("stock")
+    stack.start_worker("worker", env={"FLASHSALE_AGENTS": "stock", **worker_env})
+    asyncio.run(prepare(stack))
+    time.sleep(1.0)
+    results = []
+    for rate in rates:
+        log(f"  stock: {rate:.0f} attempts/s for {duration:.0f}s ...")
+        r = asyncio.run(run_rate(stack, rate, duration))
+        log(f"    decided {r['decided']}/{r['attempts']}  p50 {r['p50_ms']:.0f} ms  p99 {r['p99_ms']:.0f} ms"
+            f"  kept up: {r['kept_up']}")
+        results.append(r)
+    stack.stop("worker")
+    log(f"  stock: sustained, a backlog of {ceiling_attempts} attempts ...")
+    stack.new_prefix("stockmax")
+    sustained = run_backlog(stack, ceiling_attempts, lambda: stack.start_worker(
+        "worker", env={"FLASHSALE_AGENTS": "stock", **worker_env}), "worker")
+    log(f"    {sustained['attempts_per_s']:.0f} attempts/s")
+    stack.stop("worker")
+    return {"rates": results, "sustained": sustained}
+
+
+def bench_reference(stack: BenchStack, attempts: int, naive_attempts: int, log: Any = print) -> dict[str, Any]:
+    """The same backlog workload through the two reference consumers."""
+    out = {}
+    log(f"  reference: plain aiokafka loop, one Lua call per batch, backlog {attempts} ...")
+    stack.new_prefix("ceil")
+    out["aiokafka_batch_lua"] = run_backlog(stack, attempts, lambda: stack.start_worker(
+        "ceiling", module="flashsale.bench.ceiling_loop", ready_path=""), "ceiling")
+    stack.stop("ceiling")
+    log(f"    {out['aiokafka_batch_lua']['attempts_per_s']:.0f} attempts/s")
+    log(f"  reference: naive Faust agent, one awaited Redis call per event, backlog {naive_attempts} ...")
+    stack.new_prefix("naive")
+    out["naive_faust"] = run_backlog(stack, naive_attempts, lambda: stack.start_worker(
+        "naive", module="flashsale.bench.naive_agent", ready_path=""), "naive")
+    stack.stop("naive")
+    log(f"    {out['naive_faust']['attempts_per_s']:.0f} attempts/s")
+    return out

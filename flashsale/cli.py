@@ -1,0 +1,53 @@
+"""The ``flashsale`` command: one entry point, subcommands dispatched to their packages."""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": (
+        "flashsale.up",
+        "start the embedded stack (broker, Redis, workers, gateway, dashboard) and a simulated sale",
+    ),
+    "worker": ("streams.__main__", "run a stream worker (Faust agents)"),
+    "gateway": ("producers.gateway.__main__", "run the HTTP ingest gateway"),
+    "dashboard": ("consumers.dashboard.__main__", "run the dashboard and read API server"),
+    "simulate": ("producers.simulator", "publish a simulated live sale"),
+    "audit": ("flashsale.audit", "recompute every sale from the Kafka log and compare with Redis"),
+    "bench": ("flashsale.bench", "run benchmarks; print a table and write JSON"),
+    "topics": ("flashsale.topics_cmd", "create the pipeline's topics"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: flashsale COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [
+        "",
+        "Run 'flashsale COMMAND --help' for a command's options.",
+        "Settings come from FLASHSALE_* environment variables (see README).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        from flashsale import __version__
+
+        print(f"flashsale {__version__}")
+        return 0
+    cmd = args[0]
+    if cmd not in COMMANDS:
+        print(f"flashsale: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = import_module(COMMANDS[cmd][0])
+    return int(module.main(args[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

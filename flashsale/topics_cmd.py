@@ -1,0 +1,36 @@
+"""``flashsale topics``: create the pipeline's topics (idempotent) from FLASHSALE_* settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from flashsale.env import ConfigError
+from flashsale.kafka_admin import ensure_topics
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flashsale topics",
+                                description="Create every pipeline topic that does not exist yet. Uses "
+                                            "FLASHSALE_BROKER_URL, FLASHSALE_TOPIC_PREFIX, FLASHSALE_PARTITIONS "
+                                            "and FLASHSALE_REPLICATION unless given here.")
+    p.add_argument("--partitions", type=int, help="partitions of the keyed topics")
+    p.add_argument("--replication", type=int, help="replication factor")
+    args = p.parse_args(argv)
+    from streams.settings import get_settings
+
+    try:
+        s = get_settings()
+    except ConfigError as exc:
+        print(f"flashsale topics: {exc}", file=sys.stderr)
+        return 2
+    try:
+        names = asyncio.run(ensure_topics(s.bootstrap, s.topic_prefix, args.partitions or s.partitions,
+                                          args.replication or s.replication))
+    except Exception as exc:  # noqa: BLE001 - report any broker failure plainly
+        print(f"flashsale topics: cannot create topics on {s.bootstrap}: {exc}", file=sys.stderr)
+        return 1
+    for logical, name in names.items():
+        print(f"{logical:<16} {name}")
+    return 0

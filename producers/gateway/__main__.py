@@ -1,0 +1,52 @@
+"""``flashsale gateway``: the HTTP ingest gateway (events, orders with decisions, metrics, health)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+
+from flashsale.env import ConfigError
+from producers.gateway.settings import GatewaySettings, get_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flashsale gateway",
+        description="Serve POST /v1/events, POST /v1/sales/{sale_id}/orders, GET /v1/sales/{sale_id}/orders/"
+                    "{order_id}, /metrics, /healthz and /readyz. Settings come from FLASHSALE_* variables "
+                    "(FLASHSALE_BROKER_URL, FLASHSALE_REDIS_URL, FLASHSALE_TOPIC_PREFIX, FLASHSALE_GATEWAY_HOST, "
+                    "FLASHSALE_GATEWAY_PORT, FLASHSALE_GATEWAY_TOKEN, FLASHSALE_GATEWAY_RATE_LIMIT, ...; see "
+                    "docs/INGEST.md); options below override them.")
+    parser.add_argument("--host", help=f"bind address (default {GatewaySettings.host})")
+    parser.add_argument("--port", type=int, help=f"port (default {GatewaySettings.port})")
+    parser.add_argument("--log-level", help="debug, info, warning or error (default FLASHSALE_LOG_LEVEL or info)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        print(f"flashsale gateway: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("log_level", args.log_level))
+                 if v is not None}
+    settings = dataclasses.replace(settings, **overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from producers.gateway.app import serve
+
+    print(f"flashsale gateway on http://{settings.host}:{settings.port}/", flush=True)  # noqa: T201
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:  # e.g. the port is taken
+        print(f"flashsale gateway: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""Gateway metrics, built on an injected registry (tests get a fresh one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class GatewayMetrics:
+    """Labels are low-cardinality: route templates, status codes, fixed outcome and reason sets."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "flashsale_gateway_requests_total", "HTTP requests, by route template and status", ["route", "status"],
+            registry=r)
+        self.latency = Histogram(
+            "flashsale_gateway_request_seconds", "HTTP request handling time, by route template", ["route"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.events = Counter(
+            "flashsale_gateway_events_total",
+            "Events received: accepted (published), invalid, or rejected with their request", ["outcome"],
+            registry=r)
+        self.records = Counter(
+            "flashsale_gateway_records_total", "Kafka records published (a record holds one event or a batch)",
+            registry=r)
+        self.rejected = Counter(
+            "flashsale_gateway_rejected_total", "Requests refused, by reason", ["reason"], registry=r)
+        self.decisions = Counter(
+            "flashsale_gateway_order_decisions_total",
+            "Order requests answered: accepted, rejected, or pending (no decision within the timeout)", ["outcome"],
+            registry=r)
+        self.decision_wait = Histogram(
+            "flashsale_gateway_decision_wait_seconds", "Publish-to-decision time seen by the orders endpoint",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.ready = Gauge("flashsale_gateway_ready", "1 when the producer and decision reader are connected",
+                           registry=r)

@@ -1,0 +1,217 @@
+"""The gateway's handlers: event ingest, order placement and status, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any, Final
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from consumers.decisions import read_decision
+from producers.gateway.http import ApiError, check_content_type, client_ip, json_response, parse_json, read_body
+from producers.gateway.ratelimit import retry_after_header
+from producers.gateway.state import GatewayState
+from producers.sdk import ItemError, PublishError, order_event_id, prepare, prepare_all
+from schemas.events import ValidationError
+
+logger = logging.getLogger(__name__)
+
+STATE: Final = web.AppKey("gateway_state", GatewayState)
+ORDER_FIELDS: Final = ("order_id", "user_id", "room_id", "sku", "qty", "unit_price", "channel", "referrer_id")
+ORDER_BODY_LIMIT: Final = 16 * 1024
+READY_TIMEOUT_S: Final = 1.0
+
+
+def _state(request: web.Request) -> GatewayState:
+    return request.app[STATE]
+
+
+def _admit(request: web.Request) -> tuple[GatewayState, str]:
+    """Authenticate, then refuse at once (before reading the body) a client whose bucket is empty."""
+    state = _state(request)
+    token_index = state.auth.check(request)
+    if token_index is not None:
+        key = f"token:{token_index}"
+    else:
+        key = f"ip:{client_ip(request, state.settings.trust_forwarded)}"
+    wait = state.limiter.retry_after(key, 1)
+    if wait > 0:
+        raise _rate_limited(wait)
+    return state, key
+
+
+def _rate_limited(wait: float) -> ApiError:
+    return ApiError(429, "rate_limited", f"too many events; retry in {wait:.2f}s", reason="rate_limited",
+                    headers={"Retry-After": retry_after_header(wait)}, close=True)
+
+
+def _take(state: GatewayState, key: str, n: int) -> None:
+    wait = state.limiter.take(key, n)
+    if wait > 0:
+        state.metrics.events.labels("rejected").inc(n)
+        raise _rate_limited(wait)
+
+
+def _require_connected(state: GatewayState) -> None:
+    if not state.ready:
+        raise ApiError(503, "broker_unavailable", "the gateway is not connected to Kafka yet",
+                       reason="broker_unavailable", headers={"Retry-After": "1"})
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """POST /v1/events: one event object or an array; all valid → published (202), else nothing (400)."""
+    state, key = _admit(request)
+    check_content_type(request)
+    body = parse_json(await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s))
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise ApiError(400, "empty_batch", "the array holds no events", reason="invalid_event")
+    if len(items) > state.settings.max_events:
+        raise ApiError(413, "too_many_events", f"{len(items)} events exceed the limit of {state.settings.max_events}"
+                       " per request", reason="too_large")
+    prepared, errors = prepare_all(items)
+    if errors:
+        state.metrics.events.labels("invalid").inc(len(errors))
+        state.metrics.events.labels("rejected").inc(len(prepared))
+        raise ApiError(400, "invalid_events", f"{len(errors)} of {len(items)} events are invalid; nothing was "
+                       "published", reason="invalid_event", errors=errors)
+    _take(state, key, len(prepared))
+    _require_connected(state)
+    assert state.publisher is not None
+    try:
+        deliveries = await state.publisher.publish_prepared(prepared)
+    except PublishError as exc:
+        logger.warning("publish failed: %s", exc)
+        state.metrics.events.labels("rejected").inc(len(prepared) - sum(d.count for d in exc.deliveries))
+        state.metrics.events.labels("accepted").inc(sum(d.count for d in exc.deliveries))
+        raise ApiError(503, "broker_unavailable", "Kafka did not acknowledge the events; retry (events carry "
+                       "ids, so a retry is deduplicated downstream)", reason="broker_unavailable",
+                       headers={"Retry-After": "1"}) from None
+    state.metrics.events.labels("accepted").inc(len(prepared))
+    state.metrics.records.inc(len(deliveries))
+    return json_response({"accepted": len(prepared), "records": len(deliveries)}, status=202)
+
+
+def _order_event(sale_id: str, body: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_order", "expected a JSON object", reason="invalid_event",
+                       errors=[ItemError(0, "", "expected a JSON object")])
+    unknown = sorted(set(body) - set(ORDER_FIELDS), key=str)
+    if unknown:
+        raise ApiError(400, "invalid_order", f"unknown field {str(unknown[0])[:64]!r}", reason="invalid_event",
+                       errors=[ItemError(0, str(unknown[0])[:64], "unknown field")])
+    order_id = body.get("order_id")
+    if order_id is None:
+        order_id = uuid.uuid4().hex
+    data: dict[str, Any] = {"order_id": order_id, "sale_id": sale_id}
+    data.update({k: body[k] for k in ("sku", "qty", "unit_price") if k in body})  # absent: the validator names it
+    event: dict[str, Any] = {
+        "type": "order.placed", "v": 1, "ts": int(time.time() * 1000),
+        "event_id": order_event_id(sale_id, order_id) if isinstance(order_id, str) else "invalid",
+        "channel": "live_room" if body.get("channel") is None else body["channel"], "data": data,
+    }
+    event.update({k: body[k] for k in ("room_id", "user_id") if k in body})
+    if body.get("referrer_id") is not None:
+        event["referrer_id"] = body["referrer_id"]
+    return order_id, event
+
+
+async def post_order(request: web.Request) -> web.Response:
+    """POST /v1/sales/{sale_id}/orders: 409 when sold out (no Kafka), else publish and wait for the decision."""
+    state, key = _admit(request)
+    sale_id = request.match_info["sale_id"]
+    check_content_type(request)
+    body = parse_json(await read_body(request, min(ORDER_BODY_LIMIT, state.settings.max_body_bytes),
+                                      state.settings.body_timeout_s))
+    order_id, obj = _order_event(sale_id, body)
+    try:
+        prepared = prepare(obj)
+    except ValidationError as err:
+        field = err.field.removeprefix("data.")
+        raise ApiError(400, "invalid_order", f"{field}: {err.message}", reason="invalid_event",
+                       errors=[ItemError(0, field, err.message)]) from None
+    assert state.soldout is not None
+    if await state.soldout.is_sold_out(sale_id):
+        state.metrics.decisions.labels("rejected").inc()
+        raise ApiError(409, "sold_out", f"sale {sale_id} is sold out", reason="sold_out",
+                       extra={"sale_id": sale_id, "order_id": order_id, "outcome": "rejected",
+                              "reason": "sold_out"})
+    _take(state, key, 1)
+    _require_connected(state)
+    assert state.publisher is not None and state.waiter is not None
+    started = time.perf_counter()
+    try:
+        await state.publisher.publish_prepared([prepared])
+    except PublishError as exc:
+        logger.warning("publishing order %s failed: %s", order_id, exc)
+        raise ApiError(503, "broker_unavailable", "Kafka did not acknowledge the order; retry with the same "
+                       "order_id", reason="broker_unavailable", headers={"Retry-After": "1"},
+                       extra={"order_id": order_id}) from None
+    state.metrics.events.labels("accepted").inc()
+    state.metrics.records.inc()
+    timeout = state.settings.decision_timeout_ms / 1000
+    try:
+        decision = await state.waiter.wait(sale_id, order_id, timeout)
+    except (RedisError, OSError) as exc:
+        logger.warning("waiting for order %s: Redis failed: %s", order_id, exc)
+        decision = None
+    status_url = f"/v1/sales/{sale_id}/orders/{order_id}"
+    if decision is None:
+        state.metrics.decisions.labels("pending").inc()
+        return json_response({"status": "pending", "order_id": order_id, "sale_id": sale_id,
+                              "status_url": status_url}, status=202, headers={"Location": status_url})
+    state.metrics.decisions.labels(decision.outcome).inc()
+    state.metrics.decision_wait.observe(time.perf_counter() - started)
+    return json_response(decision.to_dict(), status=200)
+
+
+async def get_order(request: web.Request) -> web.Response:
+    """GET /v1/sales/{sale_id}/orders/{order_id}: the decision (200), or 404 while pending or unknown."""
+    state, key = _admit(request)
+    _take(state, key, 1)
+    sale_id, order_id = request.match_info["sale_id"], request.match_info["order_id"]
+    try:
+        decision = await read_decision(state.redis, sale_id, order_id)
+    except (RedisError, OSError) as exc:
+        logger.warning("reading order %s: Redis failed: %s", order_id, exc)
+        raise ApiError(503, "redis_unavailable", "the order store is not answering; retry",
+                       reason="redis_unavailable", headers={"Retry-After": "1"}) from None
+    if decision is None:
+        raise ApiError(404, "not_found", f"no decision for order {order_id} of sale {sale_id} (pending or unknown)",
+                       extra={"status": "pending", "order_id": order_id, "sale_id": sale_id})
+    return json_response(decision.to_dict())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = _state(request)
+    checks = {"kafka": "ok" if state.ready else "connecting"}
+    try:
+        await asyncio.wait_for(state.redis.ping(), READY_TIMEOUT_S)
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure means not ready; say why without a stack trace
+        checks["redis"] = type(exc).__name__
+    ok = all(v == "ok" for v in checks.values())
+    return json_response({"status": "ready" if ok else "unavailable", **checks}, status=200 if ok else 503)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    body = generate_latest(_state(request).metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/events", post_events)
+    app.router.add_post("/v1/sales/{sale_id}/orders", post_order)
+    app.router.add_get("/v1/sales/{sale_id}/orders/{order_id}", get_order)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)

@@ -1,0 +1,1 @@
+"""Live-sale simulation: parameters, a seeded plan of events, a reference stock model, a runner."""

@@ -1,0 +1,1 @@
+"""The flashsale event contract: records, codec, topics. Imports nothing from other packages."""

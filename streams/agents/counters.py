@@ -1,0 +1,120 @@
+"""Counter agents: room engagement, order-side room/sale counters, and accepted-order rates.
+
+Each agent overlaps its two halves: while chunk k is in Redis, chunk k+1 is decoded and
+grouped (pure CPU). Chunks are applied strictly in order, and a chunk's events are acked only
+after its Redis writes, so offsets never run ahead of the state (at-least-once holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from schemas.topics import DECISIONS, ENGAGEMENT, ORDERS
+from streams.counters.gateway import CountersGateway
+from streams.counters.params import CounterParams
+from streams.counters.service import CountersService, Prepared, spike_configs
+from streams.emit import Record
+from streams.redis_client import AnyRedis, connect
+from streams.resilience import process
+
+if TYPE_CHECKING:
+    from streams.app import Pipeline
+
+logger = logging.getLogger(__name__)
+
+NAMES = {ENGAGEMENT: "engagement", ORDERS: "orders", DECISIONS: "decisions"}
+SHUTDOWN_WAIT_S = 10.0
+CHUNK_BYTES = 1 << 20  # about 7,000 events of JSON
+
+
+def chunks(events: Sequence[Any], max_bytes: int = CHUNK_BYTES) -> list[Sequence[Any]]:
+    """Split a consumed batch into runs of at most ``max_bytes`` of record values (at least one
+    record each), so decoding one chunk never blocks the loop for long and overlaps the Redis
+    work of the chunk before."""
+    out: list[Sequence[Any]] = []
+    start = size = 0
+    for i, e in enumerate(events):
+        n = len(e.value or b"")
+        if size and size + n > max_bytes:
+            out.append(events[start:i])
+            start, size = i, 0
+        size += n
+    if start < len(events):
+        out.append(events[start:])
+    return out
+
+
+def register(p: Pipeline) -> None:
+    params = CounterParams.from_settings(p.settings)
+    lookback = max(c.lookback_s for c in spike_configs(params))
+    holder: dict[str, Any] = {}
+    stock_absent = "stock" not in getattr(p.settings, "agents", ("stock",))
+
+    def service(topic: str) -> CountersService:
+        # Created on first use, inside the worker's running loop (no I/O at import or build time).
+        if topic not in holder:
+            if "redis" not in holder:
+                client: AnyRedis = connect(p.settings.redis_url, p.settings.redis_cluster)
+                holder["redis"] = client
+                holder["gateway"] = CountersGateway(client, params, p.metrics, lookback_s=lookback)
+            holder[topic] = CountersService(holder["gateway"], params, p.metrics, p.send, topic,
+                                            max_record_bytes=p.settings.max_record_bytes,
+                                            owns_orders_input=stock_absent,
+                                            fault_marker=getattr(p.settings, "fault_inject", None))
+        svc: CountersService = holder[topic]
+        return svc
+
+    async def finish(svc: CountersService, records: Sequence[Record], prepared: Prepared | None,
+                     events: Sequence[Any], stream: Any) -> None:
+        try:
+            if prepared is None:
+                raise RuntimeError("batch could not be prepared")
+            await svc.apply(prepared)
+        except Exception as exc:  # the shared path retries transient failures, then narrows to records
+            logger.info("%s: batch failed (%s); retrying through the resilience path", svc.agent, exc)
+            await process(svc.handle, records, p.send, p.metrics, svc.agent, dead_letter=svc.owns_input)
+        for event in events:
+            await stream.ack(event)
+
+    def agent(topic: str, channel: Any) -> None:
+        name = f"flashsale.counters_{NAMES[topic]}"
+
+        async def run(stream: Any) -> None:
+            inflight: asyncio.Task[None] | None = None
+            try:
+                async for batch in stream.noack_take(p.settings.batch_max, within=p.settings.batch_within_s):
+                    svc = service(topic)
+                    for events in chunks(batch):
+                        records = [Record(topic, e.message.partition, e.message.offset, e.value) for e in events]
+                        prepared: Prepared | None
+                        try:
+                            prepared = svc.prepare(records)
+                        except Exception:  # e.g. injected faults: finish() narrows the batch down
+                            prepared = None
+                        if inflight is not None:
+                            await inflight
+                        inflight = asyncio.create_task(finish(svc, records, prepared, events, stream))
+                        # let it send its pipeline before this loop decodes the next chunk
+                        await asyncio.sleep(0)
+            finally:
+                if inflight is not None and not inflight.done():
+                    try:
+                        await asyncio.wait_for(asyncio.shield(inflight), SHUTDOWN_WAIT_S)
+                    except BaseException:  # stopping: unacked events are redelivered, effects are idempotent
+                        inflight.cancel()
+
+        run.__name__ = run.__qualname__ = name.replace(".", "_")
+        p.app.agent(channel, name=name, concurrency=1)(run)
+
+    for topic, channel in ((ENGAGEMENT, p.engagement), (ORDERS, p.orders), (DECISIONS, p.decisions)):
+        agent(topic, channel)
+
+    async def close(*_: Any, **__: Any) -> None:
+        client = holder.pop("redis", None)
+        if client is not None:
+            await client.aclose()
+
+    p.app.on_before_shutdown.connect(close)

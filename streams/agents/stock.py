@@ -1,0 +1,48 @@
+"""Stock agent: decides order attempts per batch; a timer releases expired reservations."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from schemas.topics import ORDERS
+from streams.emit import Record
+from streams.redis_client import connect
+from streams.resilience import TRANSIENT, process
+from streams.state import StockGateway
+from streams.stock_service import StockService
+
+if TYPE_CHECKING:
+    from streams.app import Pipeline
+
+logger = logging.getLogger(__name__)
+
+
+def register(p: Pipeline) -> None:
+    holder: dict[str, StockService] = {}
+
+    def service() -> StockService:
+        # Created on first use, inside the worker's running loop (no I/O at import or build time).
+        if "svc" not in holder:
+            client = connect(p.settings.redis_url, p.settings.redis_cluster)
+            holder["svc"] = StockService(StockGateway(client, p.metrics), p.metrics, p.send,
+                                         max_record_bytes=p.settings.max_record_bytes,
+                                         fault_marker=p.settings.fault_inject)
+        return holder["svc"]
+
+    @p.app.agent(p.orders, name="flashsale.stock", concurrency=1)
+    async def stock(stream: Any) -> None:
+        async for events in stream.take_events(p.settings.batch_max, within=p.settings.batch_within_s):
+            records = [Record(ORDERS, e.message.partition, e.message.offset, e.value) for e in events]
+            await process(service().handle, records, p.send, p.metrics, "stock")
+
+    @p.app.timer(interval=p.settings.sweep_interval_s, name="flashsale.stock_sweep")
+    async def sweep() -> None:
+        try:
+            await service().sweep()
+        except TRANSIENT as exc:
+            p.metrics.redis_errors.labels("stock_sweep").inc()
+            logger.warning("reservation sweep failed (%s); next tick retries", exc)
+        except Exception:
+            p.metrics.handler_errors.labels("stock_sweep").inc()
+            logger.exception("reservation sweep failed")

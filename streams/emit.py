@@ -1,0 +1,75 @@
+"""Output side shared by agents: send batched records and dead letters, wait for delivery."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.codec import MAX_BATCH_ITEMS, BadItem, dead_letter, encode_batch
+from schemas.events import Event
+from schemas.topics import partition_key
+from streams.metrics import WorkerMetrics
+
+# send(logical_topic, key, value) → awaitable resolving when the broker has the record
+SendFn = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
+CHUNK = 1000
+assert CHUNK <= MAX_BATCH_ITEMS
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka record, transport-neutral (Faust event or aiokafka message)."""
+
+    topic: str  # logical topic name (orders, engagement, ...)
+    partition: int
+    offset: int
+    value: bytes | None
+    first_index: int = 0  # position of the record's first event among the original record's valid events
+
+
+@dataclass
+class Outbound:
+    """What one batch produces: output events by logical topic, and dead letters."""
+
+    events: dict[str, list[Event]] = field(default_factory=lambda: defaultdict(list))
+    dead: list[tuple[str, bytes]] = field(default_factory=list)  # (reason, dead-letter record)
+
+    def add(self, topic: str, event: Event) -> None:
+        self.events[topic].append(event)
+
+    def reject(self, item: BadItem, record: Record, metrics: WorkerMetrics) -> None:
+        metrics.dead_letters.labels(item.reason).inc()
+        self.dead.append((item.reason, dead_letter(item, topic=record.topic, partition=record.partition,
+                                                   offset=record.offset, now_ms=int(time.time() * 1000))))
+
+
+def batches(events: Iterable[Event]) -> list[tuple[bytes, bytes]]:
+    """Group events by partition key, preserving order, into (key, JSON array) records."""
+    by_key: dict[bytes, list[Event]] = defaultdict(list)
+    for e in events:
+        by_key[partition_key(e)].append(e)
+    out = []
+    for key, evs in by_key.items():
+        for i in range(0, len(evs), CHUNK):
+            out.append((key, encode_batch(evs[i:i + CHUNK])))
+    return out
+
+
+async def flush(send: SendFn, outbound: Outbound) -> int:
+    """Send everything and wait until the broker has acknowledged it all; return records sent."""
+    pending: list[Awaitable[Any]] = []
+    for topic, events in outbound.events.items():
+        for key, value in batches(events):
+            pending.append(await send(topic, key, value))
+    for reason, value in outbound.dead:
+        pending.append(await send("dead-letter", reason.encode(), value))
+    for fut in pending:
+        await fut
+    return len(pending)
+
+
+def bad(index: int, reason: str, detail: str, raw: bytes) -> BadItem:
+    return BadItem(index, reason, detail, raw)

@@ -1,0 +1,198 @@
+-- Apply a batch of order-side operations to ONE sale, atomically and idempotently.
+-- KEYS: 1 sale hash, 2 orders hash, 3 users hash, 4 deadlines zset, 5 dups hash, 6 applied set, 7 outbox zset
+-- ARGV[1]: JSON array of ops {op=open|close|adjust|place|paid|cancel, ...}; ARGV[2]: now (epoch ms)
+-- Returns a JSON array with one result per op. Replays (same event id) change nothing and
+-- return the stored decision, flagged replay=true.
+local sale_k, orders_k, users_k, dl_k, dups_k, applied_k, outbox_k =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local ops = cjson.decode(ARGV[1])
+
+local S = {}
+local raw = redis.call('HGETALL', sale_k)
+for i = 1, #raw, 2 do S[raw[i]] = raw[i + 1] end
+local exists = S.sale_id ~= nil
+local NUM = {'allotted', 'available', 'reserved', 'sold', 'price', 'per_user_limit', 'starts_at', 'ends_at',
+             'ttl_ms', 'attempts', 'accepted', 'rej_sold_out', 'rej_limit_exceeded', 'rej_sale_not_active',
+             'rej_duplicate', 'rej_invalid', 'expired', 'cancelled', 'paid', 'gmv', 'soldout', 'opened_at'}
+for _, f in ipairs(NUM) do S[f] = tonumber(S[f] or '0') end
+local dirty = false
+
+local function outbox(item)
+  redis.call('ZADD', outbox_k, 0, cjson.encode(item))
+end
+
+local function note_sold_out(ts)
+  if S.available <= 0 then
+    if S.soldout == 0 then S.soldout = 1 end
+    if not S.sold_out_at then
+      S.sold_out_at = tostring(ts)
+      outbox({k = 'sold_out', sale_id = S.sale_id, sku = S.sku, room_id = S.room_id,
+              at = ts, opened_at = S.opened_at, allotted = S.allotted})
+    end
+  else
+    S.soldout = 0
+  end
+end
+
+local function release(order_id, rec, state, ts)
+  S.reserved = S.reserved - rec.q
+  S.available = S.available + rec.q
+  local held = redis.call('HINCRBY', users_k, rec.u, -rec.q)
+  if held <= 0 then redis.call('HDEL', users_k, rec.u) end
+  redis.call('ZREM', dl_k, order_id)
+  rec.s = state
+  rec.x = ts
+  redis.call('HSET', orders_k, order_id, cjson.encode(rec))
+  outbox({k = 'expired', order_id = order_id, sale_id = S.sale_id, sku = S.sku, room_id = S.room_id,
+          user_id = rec.u, qty = rec.q, cause = (state == 'cancelled') and 'cancelled' or 'ttl', at = ts})
+  if S.available > 0 then S.soldout = 0 end
+end
+
+local function decision(order_id, rec, replay)
+  local out = (rec.s == 'rejected') and 'rejected' or 'accepted'
+  return {op = 'place', o = order_id, out = out, r = rec.r, d = rec.d, q = rec.q, p = rec.p, s = rec.s,
+          replay = replay}
+end
+
+local res = {}
+for i, o in ipairs(ops) do
+  local op = o.op
+  if op == 'place' then
+    local prev = redis.call('HGET', orders_k, o.order_id)
+    if prev then
+      local rec = cjson.decode(prev)
+      if rec.e == o.event_id then
+        res[i] = decision(o.order_id, rec, true)
+      else
+        local seen = redis.call('HSETNX', dups_k, o.event_id, o.order_id)
+        if seen == 1 then
+          S.attempts = S.attempts + 1
+          S.rej_duplicate = S.rej_duplicate + 1
+          dirty = true
+        end
+        res[i] = {op = 'place', o = o.order_id, out = 'rejected', r = 'duplicate', q = o.qty, p = o.unit_price,
+                  s = rec.s, d = 0, replay = (seen == 0)}
+      end
+    else
+      S.attempts = S.attempts + 1
+      dirty = true
+      local reason = nil
+      local detail = ''
+      local held = 0
+      if (not exists) or S.status ~= 'open' or o.ts < S.starts_at or o.ts >= S.ends_at then
+        reason = 'sale_not_active'
+      elseif o.sku ~= S.sku then
+        reason = 'invalid'; detail = 'sku does not match the sale'
+      elseif o.unit_price ~= S.price then
+        reason = 'invalid'; detail = 'unit_price does not match the sale price'
+      else
+        held = tonumber(redis.call('HGET', users_k, o.user_id) or '0')
+        if held + o.qty > S.per_user_limit then
+          reason = 'limit_exceeded'
+        elseif S.available < o.qty then
+          reason = 'sold_out'
+        end
+      end
+      local rec = {u = o.user_id, q = o.qty, p = o.unit_price, e = o.event_id, t = o.ts, k = o.sku, d = 0}
+      if reason then
+        rec.s = 'rejected'; rec.r = reason
+        S['rej_' .. reason] = S['rej_' .. reason] + 1
+      else
+        rec.s = 'reserved'; rec.r = ''
+        rec.d = o.ts + S.ttl_ms
+        S.available = S.available - o.qty
+        S.reserved = S.reserved + o.qty
+        S.accepted = S.accepted + 1
+        redis.call('HINCRBY', users_k, o.user_id, o.qty)
+        redis.call('ZADD', dl_k, rec.d, o.order_id)
+        note_sold_out(o.ts)
+      end
+      redis.call('HSET', orders_k, o.order_id, cjson.encode(rec))
+      local d = decision(o.order_id, rec, false)
+      d.detail = detail
+      res[i] = d
+    end
+  elseif op == 'paid' or op == 'cancel' then
+    local prev = redis.call('HGET', orders_k, o.order_id)
+    local status
+    if not prev then
+      status = 'unknown_order'
+    else
+      local rec = cjson.decode(prev)
+      if rec.s == 'reserved' then
+        dirty = true
+        if op == 'paid' then
+          S.reserved = S.reserved - rec.q
+          S.sold = S.sold + rec.q
+          S.paid = S.paid + 1
+          S.gmv = S.gmv + rec.q * rec.p
+          redis.call('ZREM', dl_k, o.order_id)
+          rec.s = 'sold'; rec.x = o.ts
+          redis.call('HSET', orders_k, o.order_id, cjson.encode(rec))
+          status = 'paid'
+        else
+          S.cancelled = S.cancelled + 1
+          release(o.order_id, rec, 'cancelled', o.ts)
+          status = 'cancelled'
+        end
+      elseif rec.s == 'rejected' then
+        status = 'not_accepted'
+      elseif op == 'paid' then
+        status = (rec.s == 'sold') and 'already_paid' or 'late_payment'
+      else
+        status = (rec.s == 'cancelled' or rec.s == 'expired') and 'already_released' or 'not_cancellable'
+      end
+    end
+    res[i] = {op = op, o = o.order_id, status = status}
+  elseif op == 'open' or op == 'close' or op == 'adjust' then
+    local status
+    if redis.call('SADD', applied_k, o.event_id) == 0 then
+      status = 'replay'
+    elseif op == 'open' then
+      dirty = true
+      if not exists then
+        exists = true
+        S.sale_id = o.sale_id; S.sku = o.sku; S.room_id = o.room_id
+        S.allotted = o.allotment; S.available = o.allotment; S.reserved = 0; S.sold = 0
+        S.opened_at = o.starts_at
+        S.soldout = 0
+        status = 'opened'
+      else
+        status = 'updated'
+      end
+      S.price = o.price; S.per_user_limit = o.per_user_limit
+      S.starts_at = o.starts_at; S.ends_at = o.ends_at; S.ttl_ms = o.ttl_ms
+      S.status = 'open'
+      note_sold_out(o.ts)
+    elseif not exists then
+      status = 'unknown_sale'
+      redis.call('SREM', applied_k, o.event_id)
+    elseif op == 'close' then
+      dirty = true
+      S.status = 'closed'; S.closed_at = tostring(o.ts)
+      status = 'closed'
+    else
+      dirty = true
+      local delta = o.delta
+      if delta < 0 and -delta > S.available then delta = -S.available end
+      S.allotted = S.allotted + delta
+      S.available = S.available + delta
+      note_sold_out(o.ts)
+      status = 'adjusted'
+      res[i] = {op = op, status = status, applied = delta}
+    end
+    if not res[i] then res[i] = {op = op, status = status} end
+  else
+    res[i] = {op = op, status = 'bad_op'}
+  end
+end
+
+if dirty and exists then
+  local flat = {}
+  for k, v in pairs(S) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = (type(v) == 'number') and string.format('%d', v) or v
+  end
+  redis.call('HSET', sale_k, unpack(flat))
+end
+return cjson.encode(res)

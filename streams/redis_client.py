@@ -1,0 +1,88 @@
+"""Create the worker's Redis client (single node or Cluster) and run Lua scripts with NOSCRIPT reload."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
+AnyRedis = aioredis.Redis | RedisCluster
+
+
+def connect(url: str, cluster: bool = False) -> AnyRedis:
+    """No I/O here: redis-py connects lazily on first command, inside the running loop."""
+    if cluster:
+        return RedisCluster.from_url(url, decode_responses=False)
+    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10)
+
+
+class LuaScript:
+    """A script from streams/lua/, called by EVALSHA; its SHA is computed locally, loaded on NOSCRIPT."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = resources.files("streams").joinpath("lua", f"{name}.lua").read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def load(self, client: AnyRedis) -> None:
+        # redis-py routes SCRIPT LOAD to every primary of a cluster (its default for the command;
+        # script_load() takes no target_nodes), so a node that restarted empty gets it back too.
+        await client.script_load(self.source)
+
+    def queue(self, pipe: Any, keys: list[str], args: list[Any]) -> None:
+        # Not pipe.evalsha(): redis-py blocks that name in cluster pipelines. The raw command is
+        # the same bytes on a single node, and a cluster pipeline routes it by its KEYS (one slot
+        # per call, since all keys of a sale share a hash tag).
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+class _Calls:
+    """Records pipeline calls (``pipe.sadd(...)``, ``pipe.execute_command(...)``) so that a subset
+    can be replayed onto a fresh pipeline; every call used by the gateway yields one result."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.items.append((name, args, kwargs))
+
+        return record
+
+
+async def _execute(client: AnyRedis, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for name, args, kwargs in calls:
+        getattr(pipe, name)(*args, **kwargs)
+    try:
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+    except NoScriptError as exc:
+        results = [exc] * len(calls)
+    if len(results) != len(calls):
+        raise RuntimeError(f"pipeline returned {len(results)} results for {len(calls)} calls")
+    return results
+
+
+async def run_pipeline(client: AnyRedis, scripts: list[LuaScript], build: Any) -> list[Any]:
+    """Build a non-transactional pipeline with ``build(pipe)`` and execute it; on NOSCRIPT (Redis
+    restarted or failed over, or on a cluster one node did) load the scripts on every primary and
+    run again only the calls that answered NOSCRIPT: the others have been applied already, and on
+    a cluster they may sit on nodes that kept their scripts. Every script is idempotent, so a
+    repeat is harmless anyway. Per-command errors come back inline as exception objects;
+    connection errors raise."""
+    calls = _Calls()
+    build(calls)
+    results = await _execute(client, calls.items)
+    failed = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if not failed:
+        return results
+    for script in scripts:
+        await script.load(client)
+    retried = await _execute(client, [calls.items[i] for i in failed])
+    for i, res in zip(failed, retried, strict=True):
+        results[i] = res
+    return results

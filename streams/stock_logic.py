@@ -1,0 +1,82 @@
+"""Pure functions of the stock core: input events → Lua ops, Lua results → output events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.events import (
+    Event,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    OrderPaid,
+    OrderPlaced,
+    OrderRejected,
+    SaleClosed,
+    SaleOpened,
+    SaleSoldOut,
+    StockAdjusted,
+)
+
+SYSTEM_USER = "system"
+# Results of order.paid / order.cancelled / control ops that mean the input was bad: dead-lettered.
+BAD_STATUSES = frozenset({"unknown_order", "not_accepted", "unknown_sale", "bad_op"})
+
+
+def sale_of(event: Event) -> str | None:
+    return getattr(event.data, "sale_id", None)
+
+
+def to_op(event: Event) -> dict[str, Any] | None:
+    """The Lua op for an order-side event, or None if the event does not belong on the orders topic."""
+    d = event.data
+    if isinstance(d, OrderPlaced):
+        return {"op": "place", "order_id": d.order_id, "event_id": event.event_id, "user_id": event.user_id,
+                "qty": d.qty, "unit_price": d.unit_price, "sku": d.sku, "ts": event.ts}
+    if isinstance(d, OrderPaid):
+        return {"op": "paid", "order_id": d.order_id, "event_id": event.event_id, "ts": event.ts}
+    if isinstance(d, OrderCancelled):
+        return {"op": "cancel", "order_id": d.order_id, "event_id": event.event_id, "ts": event.ts}
+    if isinstance(d, SaleOpened):
+        return {"op": "open", "event_id": event.event_id, "sale_id": d.sale_id, "sku": d.sku,
+                "room_id": event.room_id, "price": d.price, "allotment": d.allotment,
+                "per_user_limit": d.per_user_limit, "starts_at": d.starts_at, "ends_at": d.ends_at,
+                "ttl_ms": d.reservation_ttl_s * 1000, "ts": event.ts}
+    if isinstance(d, SaleClosed):
+        return {"op": "close", "event_id": event.event_id, "ts": event.ts}
+    if isinstance(d, StockAdjusted):
+        return {"op": "adjust", "event_id": event.event_id, "delta": d.delta, "ts": event.ts}
+    return None
+
+
+def decision_event(order: Event, result: dict[str, Any]) -> Event:
+    """The order.accepted / order.rejected event answering ``order`` (deterministic event id)."""
+    d = order.data
+    assert isinstance(d, OrderPlaced)
+    payload: OrderAccepted | OrderRejected
+    if result["out"] == "accepted":
+        event_id = f"dec:{d.order_id}"
+        payload = OrderAccepted(order_id=d.order_id, sale_id=d.sale_id, sku=d.sku, qty=int(result["q"]),
+                                unit_price=int(result["p"]), reserved_until=int(result["d"]))
+    else:
+        reason = str(result["r"])
+        event_id = f"dup:{order.event_id}" if reason == "duplicate" else f"dec:{d.order_id}"
+        payload = OrderRejected(order_id=d.order_id, sale_id=d.sale_id, sku=d.sku, qty=d.qty, reason=reason,
+                                detail=str(result.get("detail") or ""))
+    return Event(type=payload.TYPE, event_id=event_id, ts=order.ts, room_id=order.room_id, user_id=order.user_id,
+                 channel=order.channel, referrer_id=order.referrer_id, data=payload)
+
+
+def outbox_event(item: dict[str, Any]) -> Event:
+    """An event the Lua scripts queued in a sale's outbox (sell-out, expiry, cancellation)."""
+    if item["k"] == "sold_out":
+        return Event(type=SaleSoldOut.TYPE, event_id=f"soldout:{item['sale_id']}", ts=int(item["at"]),
+                     room_id=str(item["room_id"]), user_id=SYSTEM_USER, data=SaleSoldOut(
+                         sale_id=str(item["sale_id"]), sku=str(item["sku"]), sold_out_at=int(item["at"]),
+                         opened_at=int(item["opened_at"]), allotted=int(item["allotted"])))
+    if item["k"] == "expired":
+        return Event(type=OrderExpired.TYPE, event_id=f"exp:{item['order_id']}", ts=int(item["at"]),
+                     room_id=str(item["room_id"]), user_id=str(item["user_id"]), data=OrderExpired(
+                         order_id=str(item["order_id"]), sale_id=str(item["sale_id"]), sku=str(item["sku"]),
+                         qty=int(item["qty"]), cause=str(item["cause"])))
+    raise ValueError(f"unknown outbox item kind {item.get('k')!r}")

@@ -1,0 +1,164 @@
+"""The stock core's batch handler: decode, one Redis round trip per batch, emit decisions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from schemas.codec import decode_record
+from schemas.events import Event
+from schemas.topics import DECISIONS
+from streams.emit import Outbound, Record, SendFn, bad, flush
+from streams.metrics import WorkerMetrics
+from streams.resilience import check_fault
+from streams.state import SaleBatchResult, StockGateway
+from streams.stock_logic import BAD_STATUSES, decision_event, outbox_event, sale_of, to_op
+
+logger = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StockService:
+    """Decides order attempts for a batch of records from the orders topic."""
+
+    def __init__(self, gateway: StockGateway, metrics: WorkerMetrics, send: SendFn,
+                 max_record_bytes: int = 1_048_576, clock: Callable[[], int] = now_ms,
+                 fault_marker: str | None = None) -> None:
+        self.gateway = gateway
+        self.fault_marker = fault_marker
+        self.metrics = metrics
+        self.send = send
+        self.max_record_bytes = max_record_bytes
+        self.clock = clock
+        self._active_gauges: set[str] = set()
+
+    async def handle(self, records: Sequence[Record]) -> None:
+        out = Outbound()
+        ops: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        sources: dict[str, list[tuple[Event, Record]]] = defaultdict(list)
+        for rec in records:
+            decoded = decode_record(rec.value, self.max_record_bytes)
+            for bad_item in decoded.errors:
+                out.reject(bad_item, rec, self.metrics)
+            for event in decoded.events:
+                check_fault(self.fault_marker, event.event_id)
+                self.metrics.events_consumed.labels(rec.topic, event.type).inc()
+                op = to_op(event)
+                sale_id = sale_of(event)
+                if op is None or sale_id is None:
+                    out.reject(bad(0, "wrong_topic", f"{event.type} does not belong on the orders topic",
+                                   orjson.dumps(event.to_dict())), rec, self.metrics)
+                    continue
+                ops[sale_id].append(op)
+                sources[sale_id].append((event, rec))
+        if ops:
+            results = await self.gateway.apply(ops, self.clock())
+            for sale_id, res in results.items():
+                if res.error is not None:
+                    res = await self._isolate(sale_id, ops[sale_id], sources[sale_id], res.error, out)
+                self._collect(res, sources[sale_id], out)
+            done = self.clock()
+            for sale_srcs in sources.values():
+                for event, _ in sale_srcs:
+                    self.metrics.processing_latency.labels("stock").observe(max(0.0, (done - event.ts) / 1000))
+            self.metrics.batch_size.labels("stock").observe(sum(len(v) for v in ops.values()))
+        outbox = {s: r.outbox for s, r in results.items()} if ops else {}
+        for items in outbox.values():
+            for item in items:
+                self._add_outbox(item, out)
+        await flush(self.send, out)
+        await self.gateway.ack_outbox(outbox)
+
+    async def _isolate(self, sale_id: str, ops: list[dict[str, Any]], srcs: list[tuple[Event, Record]],
+                       error: Exception, out: Outbound) -> SaleBatchResult:
+        """A script failed for this sale: apply its ops one by one (idempotent) and dead-letter the
+        ones that fail, so one poisonous event cannot block or drop the others."""
+        logger.warning("stock script failed for sale %s (%s); retrying its %d ops one by one",
+                       sale_id, error, len(ops))
+        self.metrics.handler_errors.labels("stock").inc()
+        results: list[dict[str, Any]] = []
+        outbox: list[bytes] = []
+        for op, (event, rec) in zip(ops, srcs, strict=True):
+            single = (await self.gateway.apply({sale_id: [op]}, self.clock()))[sale_id]
+            if single.results is None:
+                out.reject(bad(0, "handler_error", f"stock script failed: {single.error}",
+                               orjson.dumps(event.to_dict())), rec, self.metrics)
+                results.append({"op": "failed"})
+            else:
+                results.extend(single.results)
+                outbox.extend(single.outbox)
+        return SaleBatchResult(results, None, outbox)
+
+    def _collect(self, res: SaleBatchResult, srcs: list[tuple[Event, Record]], out: Outbound) -> None:
+        assert res.results is not None
+        for (event, rec), r in zip(srcs, res.results, strict=True):
+            op = r.get("op")
+            if op == "place":
+                decision = decision_event(event, r)
+                out.add(DECISIONS, decision)
+                if not r.get("replay"):
+                    self.metrics.decisions.labels(r["out"], r.get("r") or "").inc()
+            elif op == "failed":
+                continue
+            else:
+                status = str(r.get("status"))
+                self.metrics.order_updates.labels(op, status).inc()
+                if status in BAD_STATUSES:
+                    out.reject(bad(0, status, f"{event.type} refers to {status.replace('_', ' ')}",
+                                   orjson.dumps(event.to_dict())), rec, self.metrics)
+
+    def _add_outbox(self, item: bytes, out: Outbound) -> None:
+        event = outbox_event(orjson.loads(item))
+        out.add(DECISIONS, event)
+
+    async def sweep(self) -> int:
+        """Release due reservations of every active sale; emit order.expired; refresh gauges."""
+        sales = await self.gateway.active_sales()
+        stocks, outbox = await self.gateway.sweep(sales, self.clock())
+        out = Outbound()
+        for items in outbox.values():
+            for item in items:
+                self._add_outbox(item, out)
+        for event in out.events.get(DECISIONS, []):
+            if event.type == "order.expired":
+                self.metrics.reservations_expired.labels(getattr(event.data, "cause", "ttl")).inc()
+            elif event.type == "sale.sold_out":
+                self.metrics.sales_sold_out.inc()
+        await flush(self.send, out)
+        await self.gateway.ack_outbox(outbox)
+        self._gauges(stocks)
+        retired = [s.sale_id for s in stocks if s.status == "closed" and s.pending == 0]
+        await self.gateway.retire(retired)
+        return sum(s.released for s in stocks)
+
+    def _gauges(self, stocks: list[Any]) -> None:
+        m = self.metrics
+        seen = set()
+        broken = 0
+        for s in stocks:
+            if not s.consistent:
+                broken += 1
+                logger.error("stock invariant broken for sale %s: allotted=%d available=%d reserved=%d sold=%d",
+                             s.sale_id, s.allotted, s.available, s.reserved, s.sold)
+            if s.status == "closed" and s.pending == 0:
+                continue
+            seen.add(s.sale_id)
+            m.sale_available.labels(s.sale_id).set(s.available)
+            m.sale_reserved.labels(s.sale_id).set(s.reserved)
+            m.sale_sold.labels(s.sale_id).set(s.sold)
+        for gone in self._active_gauges - seen:
+            for g in (m.sale_available, m.sale_reserved, m.sale_sold):
+                try:
+                    g.remove(gone)
+                except KeyError:
+                    pass
+        self._active_gauges = seen
+        m.invariant_violations.set(broken)

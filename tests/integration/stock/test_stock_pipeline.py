@@ -1,0 +1,101 @@
+"""The stock core end to end: real Tansu, real redis-server, a real worker process."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from flashsale.audit import audit
+from schemas import redis_keys as rk
+from schemas.topics import TopicNames
+from tests.conftest import Broker, RedisServer, WorkerHandle, start_worker
+from tests.integration.stock.helpers import burst, order, sale_opened
+from tests.kafka_util import produce_events, produce_raw, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def worker(worker_env: dict[str, str], topics: dict[str, str], tmp_path: Any) -> Any:
+    """A worker running the stock agent only (the counters agent has its own tests)."""
+    handle = start_worker({**worker_env, "FLASHSALE_AGENTS": "stock"}, tmp_path)
+    yield handle
+    handle.process.stop()
+
+
+async def sale_state(client: aioredis.Redis, sale_id: str = "s1") -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (await client.hgetall(rk.sale(sale_id))).items()}
+
+
+def answered(items: list[dict[str, Any]]) -> set[str]:
+    return {d["data"]["order_id"] for d in items if d["type"] in ("order.accepted", "order.rejected")}
+
+
+async def test_burst_through_kafka_then_replay(broker: Broker, worker: WorkerHandle, topic_prefix: str,
+                                               redis_client: aioredis.Redis, redis_server: RedisServer) -> None:
+    names = TopicNames(topic_prefix)
+    now = int(time.time() * 1000)  # the sweeper runs on the wall clock: reservations must be current
+    b = burst(users=20_000, attempts=100_000, t0=now)
+    opened = sale_opened(allotment=1000, limit=2, ttl_s=3600, ts=now, starts=now - 1000, ends=now + 3_600_000)
+    await produce_events(broker.bootstrap, topic_prefix, [opened] + b.events)
+    decisions = await read_topic(broker.bootstrap, names.decisions, lambda xs: answered(xs) >= b.attempts,
+                                 timeout=240)
+    assert answered(decisions) == b.attempts, "every attempt answered"
+
+    st = await sale_state(redis_client)
+    assert int(st["allotted"]) == int(st["available"]) + int(st["reserved"]) + int(st["sold"]) == 1000
+    accepted = {d["data"]["order_id"]: d for d in decisions if d["type"] == "order.accepted"}
+    assert len(accepted) == int(st["accepted"])
+    units = Counter()
+    for d in accepted.values():
+        units[d["user_id"]] += d["data"]["qty"]
+    assert sum(units.values()) == 1000, "exactly the allotment accepted, 0 oversold"
+    assert max(units.values()) <= 2, "per-user limit held"
+    assert int(st["attempts"]) == len(b.attempts)
+
+    # Replay the whole order topic: every record once more, in order. Nothing may change.
+    orders_before = await redis_client.hgetall(rk.sale_orders("s1"))
+    msgs = await read_topic(broker.bootstrap, names.orders, lambda xs: False, timeout=5, raw=True)
+    msgs.sort(key=lambda m: (m.partition, m.offset))
+    await produce_raw(broker.bootstrap, names.orders, [(m.key, m.value) for m in msgs])
+    total = len(decisions)
+    redecided = await read_topic(broker.bootstrap, names.decisions,
+                                 lambda xs: len([d for d in xs if d["type"] != "sale.sold_out"])
+                                 >= 2 * len([d for d in decisions if d["type"] != "sale.sold_out"]), timeout=240)
+    assert len(redecided) >= total
+    assert await sale_state(redis_client) == st
+    assert await redis_client.hgetall(rk.sale_orders("s1")) == orders_before
+    by_id: dict[str, set[bytes]] = {}
+    for d in redecided:
+        by_id.setdefault(d["event_id"], set()).add(orjson.dumps(d["data"], option=orjson.OPT_SORT_KEYS))
+    assert all(len(v) == 1 for v in by_id.values()), "a replayed decision is identical to the first"
+
+    # The audit agrees, and catches a corrupted counter.
+    results = await audit(broker.bootstrap, redis_server.url, topic_prefix)
+    assert [r.problems for r in results] == [[]]
+    await redis_client.hincrby(rk.sale("s1"), "sold", 1)
+    results = await audit(broker.bootstrap, redis_server.url, topic_prefix)
+    assert any("allotted != available + reserved + sold" in p for p in results[0].problems)
+
+
+async def test_expiry_and_dead_letters_through_kafka(broker: Broker, worker: WorkerHandle, topic_prefix: str,
+                                                      redis_client: aioredis.Redis) -> None:
+    names = TopicNames(topic_prefix)
+    now = int(time.time() * 1000)
+    await produce_raw(broker.bootstrap, names.orders, [(b"sku-1", b"{broken json"),
+                                                       (b"sku-1", b'{"type":"order.teleported"}')])
+    await produce_events(broker.bootstrap, topic_prefix, [
+        sale_opened(allotment=2, ttl_s=1, ts=now, starts=now - 1000, ends=now + 600_000),
+        order("a", "u1", now + 1), order("b", "u2", now + 2)])
+    dead = await read_topic(broker.bootstrap, names.dead_letter, lambda xs: len(xs) >= 2, timeout=60)
+    assert sorted(d["reason"] for d in dead) == ["malformed_json", "unknown_type"]
+    decisions = await read_topic(broker.bootstrap, names.decisions,
+                                 lambda xs: len([d for d in xs if d["type"] == "order.expired"]) >= 2, timeout=60)
+    assert {d["data"]["order_id"] for d in decisions if d["type"] == "order.expired"} == {"a", "b"}
+    st = await sale_state(redis_client)
+    assert (st["available"], st["reserved"], st["sold"], st["expired"]) == ("2", "0", "0", "2")

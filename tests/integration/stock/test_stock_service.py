@@ -1,0 +1,201 @@
+"""The stock core's batch handler against a real redis-server (no Kafka): decisions and invariants."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from schemas import redis_keys as rk
+from schemas.codec import encode_batch, encode_event
+from schemas.events import Event
+from streams.emit import Record
+from streams.metrics import WorkerMetrics
+from streams.state import StockGateway
+from streams.stock_service import StockService
+from tests.integration.stock.helpers import T0, burst, cancelled, closed, order, paid, sale_opened
+
+pytestmark = pytest.mark.integration
+
+
+class Sink:
+    """Collects what the service sends, per logical topic, decoded."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[Any]] = defaultdict(list)
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> Any:
+        obj = orjson.loads(value)
+        self.records[topic].extend(obj if isinstance(obj, list) else [obj])
+        fut: Any = __import__("asyncio").get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    def decisions(self, type_: str | None = None) -> list[dict[str, Any]]:
+        return [d for d in self.records["order-decisions"] if type_ is None or d["type"] == type_]
+
+
+class Clock:
+    def __init__(self, t: int) -> None:
+        self.t = t
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def records(events: list[Event], batch: int = 1) -> list[Record]:
+    out = []
+    for i in range(0, len(events), batch):
+        chunk = events[i:i + batch]
+        value = encode_event(chunk[0]) if batch == 1 else encode_batch(chunk)
+        out.append(Record("orders", 0, i, value))
+    return out
+
+
+async def sale_state(client: aioredis.Redis, sale_id: str = "s1") -> dict[str, str]:
+    raw = await client.hgetall(rk.sale(sale_id))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+@pytest.fixture
+def svc_parts(redis_client: aioredis.Redis) -> tuple[StockService, Sink, Clock]:
+    sink, clock = Sink(), Clock(T0 + 5000)
+    metrics = WorkerMetrics()
+    return StockService(StockGateway(redis_client, metrics), metrics, sink.send, clock=clock), sink, clock
+
+
+async def run_all(svc: StockService, recs: list[Record], per_call: int = 50) -> None:
+    for i in range(0, len(recs), per_call):
+        await svc.handle(recs[i:i + per_call])
+
+
+async def test_burst_never_oversells_and_answers_every_attempt(svc_parts: Any, redis_client: aioredis.Redis) -> None:
+    svc, sink, _ = svc_parts
+    b = burst(users=20_000, attempts=100_000)
+    await svc.handle(records([sale_opened(allotment=1000, limit=2)]))
+    await run_all(svc, records(b.events, batch=500), per_call=10)
+
+    st = await sale_state(redis_client)
+    allotted, available, reserved, sold = (int(st[k]) for k in ("allotted", "available", "reserved", "sold"))
+    assert allotted == available + reserved + sold == 1000
+    assert available == 0 and st["soldout"] == "1" and "sold_out_at" in st
+
+    decisions = sink.decisions()
+    by_order: dict[str, set[str]] = defaultdict(set)
+    accepted_units: Counter[str] = Counter()
+    for d in decisions:
+        if d["type"] in ("order.accepted", "order.rejected"):
+            by_order[d["data"]["order_id"]].add(d["type"])
+    assert set(by_order) == b.attempts  # every attempt answered
+    assert all(len(v) == 1 for v in by_order.values())  # a duplicate re-emits the same decision
+    accepted = {d["data"]["order_id"]: d for d in sink.decisions("order.accepted")}
+    for d in accepted.values():
+        accepted_units[d["user_id"]] += d["data"]["qty"]
+    assert sum(accepted_units.values()) == 1000
+    assert max(accepted_units.values()) <= 2  # per-user limit held
+    assert int(st["accepted"]) == len(accepted)
+    assert int(st["attempts"]) == len(b.attempts)
+    reasons = Counter(d["data"]["reason"] for d in sink.decisions("order.rejected"))
+    assert reasons["sold_out"] > 0 and reasons["limit_exceeded"] > 0
+    assert len(sink.decisions("sale.sold_out")) == 1
+    assert int(st["rej_sold_out"]) + int(st["rej_limit_exceeded"]) + int(st["accepted"]) == int(st["attempts"])
+
+
+async def test_replay_changes_nothing_and_reemits_same_decisions(svc_parts: Any, redis_client: aioredis.Redis) -> None:
+    svc, sink, _ = svc_parts
+    b = burst(users=300, attempts=3000, seed=3)
+    recs = records([sale_opened(allotment=100)] + b.events, batch=100)
+    await run_all(svc, recs)
+    before = await sale_state(redis_client)
+    orders_before = await redis_client.hgetall(rk.sale_orders("s1"))
+    first = [d for d in sink.decisions() if d["type"] in ("order.accepted", "order.rejected")]
+    sink.records.clear()
+    await run_all(svc, recs, per_call=7)  # replay, batched differently
+    assert await sale_state(redis_client) == before
+    assert await redis_client.hgetall(rk.sale_orders("s1")) == orders_before
+    again = [d for d in sink.decisions() if d["type"] in ("order.accepted", "order.rejected")]
+    key = lambda d: (d["event_id"], d["type"], orjson.dumps(d["data"], option=orjson.OPT_SORT_KEYS))  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, first))
+
+
+async def test_unpaid_reservations_return_after_ttl(svc_parts: Any, redis_client: aioredis.Redis) -> None:
+    svc, sink, clock = svc_parts
+    evs = [sale_opened(allotment=3, ttl_s=10), order("a", "u1", T0 + 100), order("b", "u2", T0 + 200),
+           order("c", "u3", T0 + 300), order("d", "u4", T0 + 400)]
+    await svc.handle(records(evs))
+    await svc.handle(records([paid("a", "u1", T0 + 500), cancelled("b", "u2", T0 + 600)]))
+    st = await sale_state(redis_client)
+    assert (st["available"], st["reserved"], st["sold"]) == ("1", "1", "1")
+    assert [d["data"]["reason"] for d in sink.decisions("order.rejected")] == ["sold_out"]
+    clock.t = T0 + 300 + 10_000 - 1  # just before c's deadline
+    assert await svc.sweep() == 0
+    clock.t = T0 + 300 + 10_000
+    assert await svc.sweep() == 1
+    st = await sale_state(redis_client)
+    assert (st["allotted"], st["available"], st["reserved"], st["sold"]) == ("3", "2", "0", "1")
+    assert st["soldout"] == "0"
+    expired = sink.decisions("order.expired")
+    assert sorted((d["data"]["order_id"], d["data"]["cause"]) for d in expired) == [("b", "cancelled"), ("c", "ttl")]
+    assert await svc.sweep() == 0  # nothing twice
+    await svc.handle(records([paid("c", "u3", T0 + 20_000)]))  # late payment: units stay released
+    assert (await sale_state(redis_client))["sold"] == "1"
+
+
+async def test_sale_window_and_price_and_close(svc_parts: Any, redis_client: aioredis.Redis) -> None:
+    svc, sink, _ = svc_parts
+    evs = [order("early", "u0", T0 - 1), sale_opened(allotment=5, starts=T0 + 1000, ends=T0 + 2000),
+           order("before", "u1", T0 + 999), order("ok", "u2", T0 + 1000), order("cheap", "u3", T0 + 1001, price=1),
+           order("after", "u4", T0 + 2000), closed(ts=T0 + 1500), order("closed", "u5", T0 + 1600)]
+    await svc.handle(records(evs))
+    got = {d["data"]["order_id"]: d["data"].get("reason", "accepted") for d in sink.decisions()
+           if d["type"] in ("order.accepted", "order.rejected")}
+    assert got == {"early": "sale_not_active", "before": "sale_not_active", "ok": "accepted", "cheap": "invalid",
+                   "after": "sale_not_active", "closed": "sale_not_active"}
+
+
+async def test_duplicate_order_id_with_new_event_is_rejected_once(svc_parts: Any, redis_client: aioredis.Redis) -> None:
+    svc, sink, _ = svc_parts
+    await svc.handle(records([sale_opened(allotment=5), order("x", "u1", T0 + 1)]))
+    retry = order("x", "u1", T0 + 2, event_id="e-x-retry")
+    await svc.handle(records([retry, retry]))
+    st = await sale_state(redis_client)
+    assert st["attempts"] == "2" and st["rej_duplicate"] == "1" and st["reserved"] == "1"
+    dups = [d for d in sink.decisions("order.rejected") if d["data"]["reason"] == "duplicate"]
+    assert len(dups) == 2 and {d["event_id"] for d in dups} == {"dup:e-x-retry"}
+
+
+async def test_bad_input_goes_to_dead_letter_and_valid_events_still_apply(svc_parts: Any,
+                                                                           redis_client: aioredis.Redis) -> None:
+    svc, sink, _ = svc_parts
+    good = records([sale_opened(allotment=5), order("g1", "u1", T0 + 1)])
+    bad = [Record("orders", 0, 100, b"{not json"), Record("orders", 0, 101, b'{"type":"order.placed","v":9}'),
+           Record("orders", 0, 102, orjson.dumps([{"type": "nope"}, encode_event(order("g2", "u2", T0 + 2))
+                                                  and orjson.loads(encode_event(order("g2", "u2", T0 + 2)))])),
+           Record("orders", 0, 103, encode_event(paid("missing", "u9", T0 + 3)))]
+    await svc.handle(good + bad)
+    reasons = sorted(d["reason"] for d in sink.records["dead-letter"])
+    assert reasons == ["bad_version", "malformed_json", "unknown_order", "unknown_type"]
+    assert all(d["detail"] and "raw" in d for d in sink.records["dead-letter"])
+    st = await sale_state(redis_client)
+    assert st["accepted"] == "2" and st["reserved"] == "2"
+
+
+async def test_handler_fault_dead_letters_only_the_failing_event(redis_client: aioredis.Redis) -> None:
+    from streams.resilience import process
+
+    sink, metrics = Sink(), WorkerMetrics()
+    svc = StockService(StockGateway(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000),
+                       fault_marker="POISON")
+    batch = [sale_opened(allotment=10), order("a", "u1", T0 + 1), order("b", "u2", T0 + 2, event_id="e-POISON-b"),
+             order("c", "u3", T0 + 3)]
+    recs = records(batch, batch=4) + [Record("orders", 0, 9, b"[1, 2")]
+    await process(svc.handle, recs, sink.send, metrics, "stock")
+    dead = sink.records["dead-letter"]
+    assert sorted((d["reason"], d["index"]) for d in dead) == [("handler_error", 2), ("malformed_json", -1)]
+    assert "e-POISON-b" in dead[0]["raw"] or "e-POISON-b" in dead[1]["raw"]
+    got = {d["data"]["order_id"] for d in sink.decisions("order.accepted")}
+    assert got == {"a", "c"}
+    assert metrics.handler_errors.labels("stock")._value.get() == 1

@@ -1,0 +1,376 @@
+"""The HTTP gateway in-process on a free port, against the real broker and Redis fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from flashsale.embedded import free_port, python_module
+from producers.gateway.app import create_app, make_runner
+from producers.gateway.routes import STATE
+from producers.gateway.settings import GatewaySettings
+from producers.gateway.state import GatewayState
+from producers.sdk import Publisher
+from producers.settings import PublisherSettings
+from schemas import redis_keys
+from schemas.codec import decode_record
+from schemas.events import OrderAccepted, make_event
+from tests.conftest import Broker, RedisServer
+from tests.kafka_util import read_topic
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret-token-0123456789"
+TS = 1_700_000_000_000
+
+
+@dataclasses.dataclass
+class Gateway:
+    url: str
+    state: GatewayState
+    registry: CollectorRegistry
+    session: aiohttp.ClientSession
+
+    async def post(self, path: str, body: Any = None, *, data: Any = None, headers: dict[str, str] | None = None,
+                   token: str | None = TOKEN) -> tuple[int, Any, aiohttp.ClientResponse]:
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        payload = data if data is not None else orjson.dumps(body)
+        async with self.session.post(self.url + path, data=payload, headers=hdrs) as resp:
+            raw = await resp.read()
+            return resp.status, orjson.loads(raw) if raw else None, resp
+
+    async def get(self, path: str, token: str | None = TOKEN) -> tuple[int, Any, aiohttp.ClientResponse]:
+        hdrs = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.session.get(self.url + path, headers=hdrs) as resp:
+            raw = await resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+            return resp.status, orjson.loads(raw) if "json" in ctype else raw.decode(), resp
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+GatewayFactory = Callable[..., contextlib.AbstractAsyncContextManager[Gateway]]
+
+
+@pytest.fixture
+def gateway(broker: Broker, redis_server: RedisServer, topics: dict[str, str], topic_prefix: str) -> GatewayFactory:
+    @contextlib.asynccontextmanager
+    async def start(*, broker_url: str | None = None, wait_ready: bool = True, **overrides: Any) -> AsyncIterator[
+            Gateway]:
+        publisher = PublisherSettings(broker_url=broker_url or broker.url, topic_prefix=topic_prefix,
+                                      redis_url=redis_server.url, timeout_ms=3000)
+        options: dict[str, Any] = {"tokens": (TOKEN,), "rate_limit": 0.0, "decision_timeout_ms": 300,
+                                   "auto_create_topics": False, "partitions": 4}
+        options.update(overrides)
+        settings = GatewaySettings(host="127.0.0.1", port=free_port(), redis_url=redis_server.url,
+                                   publisher=publisher, **options)
+        registry = CollectorRegistry()
+        app = create_app(settings, registry)
+        runner = make_runner(app)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=1).start()
+            state = app[STATE]
+            if wait_ready:
+                await asyncio.wait_for(state.connected.wait(), 15)
+            async with aiohttp.ClientSession() as session:
+                yield Gateway(f"http://{settings.host}:{settings.port}", state, registry, session)
+        finally:
+            await runner.cleanup()
+    return start
+
+
+async def total_records(bootstrap: str, topics: dict[str, str]) -> int:
+    """Sum of end offsets over every topic: 0 means nothing at all was published."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        total = 0
+        for topic in topics.values():
+            parts = consumer.partitions_for_topic(topic) or set()
+            total += sum((await consumer.end_offsets([TopicPartition(topic, p) for p in parts])).values())
+        return total
+    finally:
+        await consumer.stop()
+
+
+def event(i: int, *, type_: str = "viewer.liked", room: str = "room-1", **data: Any) -> dict[str, Any]:
+    return {"type": type_, "v": 1, "event_id": f"ev-{room}-{i}", "ts": TS + i, "room_id": room,
+            "user_id": f"u-{i}", "channel": "live_room", "data": data}
+
+
+def order_body(**kw: Any) -> dict[str, Any]:
+    body = {"order_id": "ord-1", "user_id": "u-1", "room_id": "room-1", "sku": "sku-1", "qty": 1, "unit_price": 990}
+    body.update(kw)
+    return body
+
+
+async def test_events_accepted_single_and_batch(gateway: GatewayFactory, broker: Broker,
+                                                topics: dict[str, str]) -> None:
+    async with gateway() as gw:
+        status, body, _ = await gw.post("/v1/events", event(0, count=2))
+        assert (status, body) == (202, {"accepted": 1, "records": 1})
+        batch = [event(i, room="room-1") for i in range(1, 4)] + [event(9, room="room-2")]
+        status, body, _ = await gw.post("/v1/events", batch)
+        assert (status, body) == (202, {"accepted": 4, "records": 2})
+        assert gw.metric("flashsale_gateway_events_total", outcome="accepted") == 5
+        assert gw.metric("flashsale_gateway_requests_total", route="/v1/events", status="202") == 2
+    msgs = await read_topic(broker.bootstrap, topics["engagement"], lambda items: len(items) >= 3, timeout=10,
+                            raw=True)
+    records = sorted((m.key, [e.event_id for e in decode_record(m.value).events]) for m in msgs)
+    assert records == [(b"room-1", ["ev-room-1-0"]), (b"room-1", ["ev-room-1-1", "ev-room-1-2", "ev-room-1-3"]),
+                       (b"room-2", ["ev-room-2-9"])]
+
+
+async def test_invalid_input_publishes_nothing(gateway: GatewayFactory, broker: Broker,
+                                               topics: dict[str, str]) -> None:
+    async with gateway() as gw:
+        bad = event(2)
+        bad["data"] = {"count": True}
+        status, body, _ = await gw.post("/v1/events", [event(0), event(1), bad, {"type": "nope"}])
+        assert status == 400 and body["error"] == "invalid_events" and body["invalid"] == 2
+        assert body["errors"][0] == {"index": 2, "field": "data.count", "message": "expected integer, got boolean"}
+        assert (body["errors"][1]["index"], body["errors"][1]["field"]) == (3, "type")
+
+        status, body, _ = await gw.post("/v1/events", data=b'{"type": ')
+        assert status == 400 and body["error"] == "malformed_json" and body["errors"][0]["index"] == -1
+        status, body, _ = await gw.post("/v1/events", data=b"")
+        assert status == 400 and body["error"] == "malformed_json"
+        status, body, _ = await gw.post("/v1/events", [])
+        assert status == 400 and body["error"] == "empty_batch"
+        status, body, _ = await gw.post("/v1/events", 42)
+        assert status == 400 and body["errors"][0]["message"].startswith("event must be a JSON object")
+        status, body, _ = await gw.post("/v1/events", data=b"type=x", headers={"Content-Type": "text/plain"})
+        assert status == 415 and body["error"] == "unsupported_media_type"
+        assert gw.metric("flashsale_gateway_rejected_total", reason="invalid_event") == 3
+        assert gw.metric("flashsale_gateway_rejected_total", reason="malformed_json") == 2
+        assert gw.metric("flashsale_gateway_events_total", outcome="invalid") == 3
+    assert await total_records(broker.bootstrap, topics) == 0
+
+
+async def test_auth(gateway: GatewayFactory, broker: Broker, topics: dict[str, str]) -> None:
+    async with gateway() as gw:
+        status, body, resp = await gw.post("/v1/events", event(0), token=None)
+        assert status == 401 and body["error"] == "unauthorized"
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        status, _, resp = await gw.post("/v1/events", event(0), token=TOKEN + "x")
+        assert status == 401 and 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+        status, _, _ = await gw.post("/v1/events", event(0), headers={"Authorization": f"Basic {TOKEN}"}, token=None)
+        assert status == 401
+        status, _, _ = await gw.post("/v1/sales/s/orders", order_body(), token=None)
+        assert status == 401
+        status, _, _ = await gw.get("/v1/sales/s/orders/o", token=None)
+        assert status == 401
+        assert TOKEN not in repr(gw.state.settings) and TOKEN not in repr(gw.state.auth)
+        assert (await gw.get("/healthz", token=None))[0] == 200  # probes need no token
+        assert await total_records(broker.bootstrap, topics) == 0
+        status, body, _ = await gw.post("/v1/events", event(0))
+        assert (status, body) == (202, {"accepted": 1, "records": 1})
+
+
+async def test_body_limits(gateway: GatewayFactory, broker: Broker, topics: dict[str, str]) -> None:
+    async with gateway(max_body_bytes=2048) as gw:
+        big = orjson.dumps([event(i) for i in range(40)])
+        assert len(big) > 2048
+        status, body, _ = await gw.post("/v1/events", data=big)
+        assert status == 413 and body["error"] == "payload_too_large"
+        assert body["message"] == f"body of {len(big)} bytes exceeds the limit of 2048 bytes"  # by Content-Length
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: refused while reading
+            for i in range(0, len(big), 512):
+                yield big[i:i + 512]
+
+        status, body, _ = await gw.post("/v1/events", data=chunks())
+        assert status == 413 and body["message"] == "body exceeds the limit of 2048 bytes"
+        assert gw.metric("flashsale_gateway_rejected_total", reason="too_large") == 2
+    async with gateway(max_events=2) as gw:
+        status, body, _ = await gw.post("/v1/events", [event(i) for i in range(3)])
+        assert status == 413 and body["error"] == "too_many_events"
+    assert await total_records(broker.bootstrap, topics) == 0
+
+
+async def test_slow_body_is_cut_off(gateway: GatewayFactory, broker: Broker, topics: dict[str, str]) -> None:
+    async with gateway(body_timeout_s=0.3) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"type\":".encode())
+            await writer.drain()
+            head = await asyncio.wait_for(reader.read(4096), 10)  # answered while the client still owes bytes
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        assert head.startswith(b"HTTP/1.1 408"), head[:200]
+        assert b"body_timeout" in head
+        assert gw.metric("flashsale_gateway_rejected_total", reason="body_timeout") == 1
+    assert await total_records(broker.bootstrap, topics) == 0
+
+
+async def test_rate_limit(gateway: GatewayFactory, broker: Broker, topics: dict[str, str]) -> None:
+    async with gateway(rate_limit=0.001, rate_burst=3) as gw:  # refills one event every ~17 minutes
+        status, body, _ = await gw.post("/v1/events", [event(0), event(1)])
+        assert status == 202
+        status, body, resp = await gw.post("/v1/events", [event(2), event(3)])  # 1 token left, 2 needed
+        assert status == 429 and body["error"] == "rate_limited" and int(resp.headers["Retry-After"]) >= 1
+        status, body, _ = await gw.post("/v1/events", event(4))  # exactly the last token
+        assert status == 202
+        status, body, resp = await gw.post("/v1/events", event(5))  # empty bucket: refused before the body is read
+        assert status == 429 and "Retry-After" in resp.headers
+        status, _, _ = await gw.post("/v1/sales/s/orders", order_body())
+        assert status == 429
+        assert gw.metric("flashsale_gateway_rejected_total", reason="rate_limited") == 3
+    items = await read_topic(broker.bootstrap, topics["engagement"], lambda items: len(items) >= 3, timeout=10)
+    assert sorted(i["event_id"] for i in items) == ["ev-room-1-0", "ev-room-1-1", "ev-room-1-4"]
+    assert await total_records(broker.bootstrap, {"orders": topics["orders"]}) == 0
+
+
+async def test_sold_out_answers_409_without_kafka(gateway: GatewayFactory, broker: Broker, topics: dict[str, str],
+                                                  redis_client: aioredis.Redis) -> None:
+    await redis_client.hset(redis_keys.sale("sale-1"), mapping={"sale_id": "sale-1", "sku": "sku-1", "available": "0",
+                                                                "soldout": "1", "status": "open"})
+    async with gateway(soldout_cache_ms=60_000) as gw:
+        results = await asyncio.gather(*(gw.post("/v1/sales/sale-1/orders", order_body(order_id=f"o-{i}"))
+                                         for i in range(20)))
+        for status, body, _ in results:
+            assert status == 409
+            assert body["error"] == "sold_out" and body["sale_id"] == "sale-1" and body["reason"] == "sold_out"
+        assert gw.state.soldout is not None and gw.state.soldout.lookups == 1  # one Redis read for the flood
+        assert gw.metric("flashsale_gateway_rejected_total", reason="sold_out") == 20
+    assert await total_records(broker.bootstrap, topics) == 0
+
+
+async def test_order_pending_then_status_from_redis(gateway: GatewayFactory, broker: Broker, topics: dict[str, str],
+                                                    redis_client: aioredis.Redis) -> None:
+    async with gateway(decision_timeout_ms=300) as gw:
+        status, body, resp = await gw.post("/v1/sales/sale-2/orders", order_body(order_id="ord-7", qty=2,
+                                                                                  referrer_id="kol-1"))
+        assert status == 202
+        assert body == {"status": "pending", "order_id": "ord-7", "sale_id": "sale-2",
+                        "status_url": "/v1/sales/sale-2/orders/ord-7"}
+        assert resp.headers["Location"] == body["status_url"]
+        status, body, _ = await gw.get("/v1/sales/sale-2/orders/ord-7")
+        assert status == 404 and body["status"] == "pending"
+        record = {"s": "reserved", "u": "u-1", "q": 2, "p": 990, "d": TS + 300_000, "e": "x", "r": "", "t": TS,
+                  "k": "sku-1"}
+        await redis_client.hset(redis_keys.sale_orders("sale-2"), "ord-7", orjson.dumps(record))
+        status, body, _ = await gw.get("/v1/sales/sale-2/orders/ord-7")
+        assert status == 200
+        assert body == {"order_id": "ord-7", "sale_id": "sale-2", "outcome": "accepted", "reason": None,
+                        "state": "reserved", "qty": 2, "reserved_until": TS + 300_000}
+        assert gw.metric("flashsale_gateway_order_decisions_total", outcome="pending") == 1
+    [placed] = await read_topic(broker.bootstrap, topics["orders"], lambda items: len(items) >= 1, timeout=10)
+    assert placed["type"] == "order.placed" and placed["referrer_id"] == "kol-1"
+    assert placed["data"] == {"order_id": "ord-7", "sale_id": "sale-2", "sku": "sku-1", "qty": 2, "unit_price": 990}
+
+
+async def test_order_decided_through_the_decisions_topic(gateway: GatewayFactory, broker: Broker,
+                                                         topics: dict[str, str], topic_prefix: str) -> None:
+    async with gateway(decision_timeout_ms=15_000) as gw, \
+            Publisher(broker.bootstrap, topic_prefix=topic_prefix) as worker:
+        request = asyncio.create_task(gw.post("/v1/sales/sale-3/orders", order_body(order_id="ord-3")))
+        # play the worker: see the order on the orders topic, answer on the decisions topic
+        [placed] = await read_topic(broker.bootstrap, topics["orders"], lambda items: len(items) >= 1, timeout=10)
+        d = placed["data"]
+        await worker.publish(make_event(
+            OrderAccepted(order_id=d["order_id"], sale_id=d["sale_id"], sku=d["sku"], qty=d["qty"],
+                          unit_price=d["unit_price"], reserved_until=TS + 60_000),
+            event_id=f"dec:{d['order_id']}", ts=TS, room_id=placed["room_id"], user_id=placed["user_id"]))
+        status, body, _ = await asyncio.wait_for(request, 20)
+        assert status == 200
+        assert body["outcome"] == "accepted" and body["order_id"] == "ord-3" and body["reserved_until"] == TS + 60_000
+        assert gw.metric("flashsale_gateway_order_decisions_total", outcome="accepted") == 1
+
+
+async def test_order_validation(gateway: GatewayFactory, broker: Broker, topics: dict[str, str]) -> None:
+    async with gateway() as gw:
+        cases = [
+            ({k: v for k, v in order_body().items() if k != "user_id"}, "user_id"),
+            (order_body(qty=True), "qty"),
+            (order_body(unit_price=-1), "unit_price"),
+            (order_body(coupon="FREE"), "coupon"),
+            (order_body(channel="tv"), "channel"),
+            (order_body(order_id=5), "order_id"),
+        ]
+        for body_in, field in cases:
+            status, body, _ = await gw.post("/v1/sales/sale-1/orders", body_in)
+            assert status == 400 and body["errors"][0]["field"] == field, (field, body)
+        status, body, _ = await gw.post("/v1/sales/sale-1/orders", [order_body()])
+        assert status == 400
+    assert await total_records(broker.bootstrap, topics) == 0
+
+
+async def test_health_readiness_and_metrics(gateway: GatewayFactory) -> None:
+    async with gateway() as gw:
+        assert (await gw.get("/healthz"))[:2] == (200, {"status": "ok"})
+        status, body, _ = await gw.get("/readyz")
+        assert status == 200 and body == {"status": "ready", "kafka": "ok", "redis": "ok"}
+        await gw.post("/v1/events", event(0))
+        status, text, resp = await gw.get("/metrics")
+        assert status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+        assert 'flashsale_gateway_requests_total{route="/v1/events",status="202"} 1.0' in text
+        assert 'flashsale_gateway_request_seconds_count{route="/readyz"}' in text
+        assert "flashsale_gateway_ready 1.0" in text
+        status, body, _ = await gw.get("/nope")
+        assert status == 404 and body["error"] == "not_found"
+        status, body, resp = await gw.get("/v1/events")
+        assert status == 405 and body["error"] == "method_not_allowed" and "POST" in resp.headers["Allow"]
+        assert gw.metric("flashsale_gateway_requests_total", route="other", status="404") == 1
+
+
+async def test_not_ready_without_a_broker(gateway: GatewayFactory) -> None:
+    async with gateway(broker_url=f"kafka://127.0.0.1:{free_port()}", wait_ready=False) as gw:
+        status, body, _ = await gw.get("/readyz")
+        assert status == 503 and body["kafka"] == "connecting" and body["redis"] == "ok"
+        assert (await gw.get("/healthz"))[0] == 200
+        status, body, resp = await gw.post("/v1/events", event(0))
+        assert status == 503 and body["error"] == "broker_unavailable" and resp.headers["Retry-After"] == "1"
+
+
+async def test_main_serves_and_shuts_down_gracefully_on_sigterm(worker_env: dict[str, str], topics: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, **worker_env, "FLASHSALE_GATEWAY_PORT": str(port), "FLASHSALE_GATEWAY_TOKEN": TOKEN,
+           "FLASHSALE_GATEWAY_DECISION_TIMEOUT_MS": "1500", "FLASHSALE_AUTO_CREATE_TOPICS": "false"}
+    proc = python_module("producers.gateway", [], tmp_path, "gateway", env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):  # up to ~30 s for the interpreter to start and Kafka to connect
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(url + "/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                assert proc.alive(), proc.log_path.read_text()
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the gateway never became ready")
+            # an order waiting for its decision is in flight when SIGTERM arrives: it still gets its answer
+            pending = asyncio.create_task(session.post(
+                url + "/v1/sales/sale-1/orders", data=orjson.dumps(order_body()),
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}))
+            await asyncio.sleep(0.5)
+            os.kill(proc.pid, signal.SIGTERM)
+            async with await asyncio.wait_for(pending, 15) as resp:
+                assert resp.status == 202 and (await resp.json())["status"] == "pending"
+        code = await asyncio.to_thread(proc.popen.wait, 15)  # exits by itself after the one SIGTERM
+        assert code == 0, proc.log_path.read_text()
+    finally:
+        proc.stop()

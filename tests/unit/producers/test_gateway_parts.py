@@ -1,0 +1,136 @@
+"""Gateway parts without a broker: rate limiter, settings, auth, content checks, CLI, sold-out cache failure."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import make_mocked_request
+
+from flashsale.embedded import free_port
+from flashsale.env import ConfigError
+from producers.gateway.__main__ import main
+from producers.gateway.http import ApiError, Authenticator, check_content_type, client_ip, parse_json
+from producers.gateway.ratelimit import TokenBucketLimiter, retry_after_header
+from producers.gateway.settings import GatewaySettings, get_settings
+from producers.gateway.state import SoldOutCache
+
+TOKEN = "a-long-enough-token-1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket() -> None:
+    clock = Clock()
+    limiter = TokenBucketLimiter(rate=10, burst=20, clock=clock)
+    assert limiter.take("a", 15) == 0
+    assert limiter.take("a", 10) == pytest.approx(0.5)  # 5 left, 10 needed at 10/s
+    assert limiter.take("b", 20) == 0  # clients are independent
+    clock.now += 0.5
+    assert limiter.retry_after("a", 10) == 0 and limiter.take("a", 10) == 0
+    assert limiter.retry_after("a", 1) == pytest.approx(0.1)
+
+
+def test_batch_larger_than_burst_passes_once_then_pays() -> None:
+    clock = Clock()
+    limiter = TokenBucketLimiter(rate=10, burst=20, clock=clock)
+    assert limiter.take("a", 50) == 0  # a full bucket admits it...
+    assert limiter.retry_after("a", 1) == pytest.approx(3.1)  # ...and it is paid back: -30 + 1 at 10/s
+    clock.now += 5
+    assert limiter.take("a", 50) == 0
+
+
+def test_disabled_limiter_and_pruning() -> None:
+    assert TokenBucketLimiter(rate=0, burst=1).take("a", 10**6) == 0
+    clock = Clock()
+    limiter = TokenBucketLimiter(rate=1, burst=1, clock=clock, max_clients=10)
+    for i in range(100):
+        limiter.take(f"c{i}")
+        clock.now += 0.01
+    assert len(limiter) <= 10
+    assert retry_after_header(0.01) == "1" and retry_after_header(2.2) == "3"
+
+
+def test_gateway_settings() -> None:
+    s = get_settings({})
+    assert (s.host, s.port, s.auth_enabled, s.max_body_bytes, s.decision_timeout_ms) == (
+        "127.0.0.1", 8080, False, 1_048_576, 2000)
+    assert s.rate_burst == int(s.rate_limit * 2)
+    s = get_settings({"FLASHSALE_GATEWAY_TOKEN": f"{TOKEN}, other-token-0123456789", "FLASHSALE_GATEWAY_PORT": "0",
+                      "FLASHSALE_GATEWAY_RATE_LIMIT": "50", "FLASHSALE_REDIS_URL": "redis://:pw@h:1/0",
+                      "FLASHSALE_TOPIC_PREFIX": "x.", "FLASHSALE_PRODUCER_LINGER_MS": "1"})
+    assert s.tokens == (TOKEN, "other-token-0123456789") and s.rate_burst == 100
+    assert s.publisher.topic_prefix == "x." and s.publisher.linger_ms == 1
+    assert TOKEN not in repr(s) and "pw" not in repr(s)
+    with pytest.raises(ConfigError, match="at least 16"):
+        get_settings({"FLASHSALE_GATEWAY_TOKEN": "short"})
+    with pytest.raises(ConfigError, match="FLASHSALE_GATEWAY_MAX_BODY_BYTES"):
+        get_settings({"FLASHSALE_GATEWAY_MAX_BODY_BYTES": "10"})
+
+
+def test_authenticator() -> None:
+    auth = Authenticator((TOKEN, "second-token-0123456789"))
+    assert auth.check(make_mocked_request("GET", "/", headers={"Authorization": f"Bearer {TOKEN}"})) == 0
+    assert auth.check(make_mocked_request("GET", "/", headers={"Authorization": "bearer second-token-0123456789"})) == 1
+    for header in ({}, {"Authorization": "Bearer"}, {"Authorization": f"Basic {TOKEN}"},
+                   {"Authorization": f"Bearer {TOKEN[:-1]}"}):
+        with pytest.raises(ApiError) as info:
+            auth.check(make_mocked_request("GET", "/", headers=header))
+        assert info.value.status == 401 and "WWW-Authenticate" in info.value.headers
+    assert TOKEN not in repr(auth)
+    assert Authenticator(()).check(make_mocked_request("GET", "/")) is None
+
+
+@pytest.mark.parametrize(("ctype", "ok"), [(None, True), ("application/json", True),
+                                           ("application/json; charset=utf-8", True),
+                                           ("application/cloudevents+json", True), ("text/plain", False),
+                                           ("application/x-www-form-urlencoded", False)])
+def test_content_type(ctype: str | None, ok: bool) -> None:
+    request = make_mocked_request("POST", "/", headers={"Content-Type": ctype} if ctype else {})
+    if ok:
+        check_content_type(request)
+    else:
+        with pytest.raises(ApiError) as info:
+            check_content_type(request)
+        assert info.value.status == 415
+
+
+def test_parse_json_and_client_ip() -> None:
+    assert parse_json(b'[{"a": 1}]') == [{"a": 1}]
+    for raw in (b"", b"  ", b"{", b"\xff"):
+        with pytest.raises(ApiError) as info:
+            parse_json(raw)
+        assert info.value.status == 400 and info.value.code == "malformed_json"
+    request = make_mocked_request("GET", "/", headers={"X-Forwarded-For": "10.0.0.9, 10.0.0.1"})
+    assert client_ip(request, trust_forwarded=True) == "10.0.0.9"
+    assert client_ip(request, trust_forwarded=False) != "10.0.0.9"
+
+
+def test_cli_help_and_bad_config(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0 and "FLASHSALE_GATEWAY_TOKEN" in capsys.readouterr().out
+    monkeypatch.setenv("FLASHSALE_GATEWAY_PORT", "http")
+    assert main([]) == 2
+    assert "FLASHSALE_GATEWAY_PORT" in capsys.readouterr().err
+
+
+async def test_sold_out_cache_fails_open_when_redis_is_down() -> None:
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    try:
+        cache = SoldOutCache(client, ttl_s=0.1)
+        assert await cache.is_sold_out("s") is False
+        assert await cache.is_sold_out("s") is False
+        assert cache.lookups == 2  # failures are not cached
+    finally:
+        await client.aclose()
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    d = GatewaySettings()
+    assert (d.max_body_bytes, d.decision_timeout_ms, d.soldout_cache_ms, d.port) == (1_048_576, 2000, 100, 8080)
