@@ -46,23 +46,35 @@ class Outbound:
                                                    offset=record.offset, now_ms=int(time.time() * 1000))))
 
 
-def batches(events: Iterable[Event]) -> list[tuple[bytes, bytes]]:
-    """Group events by partition key, preserving order, into (key, JSON array) records."""
+def batches(events: Iterable[Event], max_bytes: int = 1_048_576) -> list[tuple[bytes, bytes]]:
+    """Group events by partition key, preserving order, into (key, JSON array) records of at most
+    ``CHUNK`` events and ``max_bytes`` bytes (the consumers' FLASHSALE_MAX_RECORD_BYTES: a larger
+    record would be dead-lettered as too_large by the agents that read it)."""
     by_key: dict[bytes, list[Event]] = defaultdict(list)
     for e in events:
         by_key[partition_key(e)].append(e)
-    out = []
+    out: list[tuple[bytes, bytes]] = []
     for key, evs in by_key.items():
         for i in range(0, len(evs), CHUNK):
-            out.append((key, encode_batch(evs[i:i + CHUNK])))
+            _fit(key, evs[i:i + CHUNK], max_bytes, out)
     return out
 
 
-async def flush(send: SendFn, outbound: Outbound) -> int:
+def _fit(key: bytes, evs: list[Event], max_bytes: int, out: list[tuple[bytes, bytes]]) -> None:
+    value = encode_batch(evs)
+    if len(value) <= max_bytes or len(evs) == 1:
+        out.append((key, value))
+        return
+    half = len(evs) // 2
+    _fit(key, evs[:half], max_bytes, out)
+    _fit(key, evs[half:], max_bytes, out)
+
+
+async def flush(send: SendFn, outbound: Outbound, max_bytes: int = 1_048_576) -> int:
     """Send everything and wait until the broker has acknowledged it all; return records sent."""
     pending: list[Awaitable[Any]] = []
     for topic, events in outbound.events.items():
-        for key, value in batches(events):
+        for key, value in batches(events, max_bytes):
             pending.append(await send(topic, key, value))
     for reason, value in outbound.dead:
         pending.append(await send("dead-letter", reason.encode(), value))

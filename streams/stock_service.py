@@ -74,7 +74,7 @@ class StockService:
         for items in outbox.values():
             for item in items:
                 self._add_outbox(item, out)
-        await flush(self.send, out)
+        await flush(self.send, out, self.max_record_bytes)
         await self.gateway.ack_outbox(outbox)
 
     async def _isolate(self, sale_id: str, ops: list[dict[str, Any]], srcs: list[tuple[Event, Record]],
@@ -132,7 +132,7 @@ class StockService:
                 self.metrics.reservations_expired.labels(getattr(event.data, "cause", "ttl")).inc()
             elif event.type == "sale.sold_out":
                 self.metrics.sales_sold_out.inc()
-        await flush(self.send, out)
+        await flush(self.send, out, self.max_record_bytes)
         await self.gateway.ack_outbox(outbox)
         self._gauges(stocks)
         retired = [s.sale_id for s in stocks if s.status == "closed" and s.pending == 0]

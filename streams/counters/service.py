@@ -144,7 +144,7 @@ class CountersService:
             self._account(prepared.sales, results)
         # Alerts are delivered before the detector state is stored: a crash in between re-sends
         # the same alert id (consumers dedupe by event_id) instead of losing it.
-        await flush(self.send, out)
+        await flush(self.send, out, self.max_record_bytes)
         await self.gateway.store_spikes(stores)
 
     def _misplaced(self, misplaced: list[Item], records: Sequence[Record], out: Outbound) -> None:

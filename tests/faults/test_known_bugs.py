@@ -1,5 +1,4 @@
-"""Minimal reproductions of pipeline bugs the fault suite found (strict xfail: they fail while the
-bug is there; when a fix lands they pass and pytest reports XPASS, so drop the marker then)."""
+"""Minimal reproductions of pipeline bugs the fault suite found; all fixed, kept as regression tests."""
 
 from __future__ import annotations
 
@@ -33,9 +32,8 @@ async def _setup(broker: Broker, prefix: str, group_factory: Any) -> Any:
     return sale
 
 
-@pytest.mark.xfail(strict=True, reason="bug: streams.resilience._per_event dead-letters a failing record with at "
-                                       "most one valid event as one handler_error and drops the reasons of its "
-                                       "other bad items")
+# Regression: fixed bug: streams.resilience._per_event dead-letters a failing record with at most one valid
+# event as one handler_error and drops the reasons of its other bad items
 async def test_bad_items_next_to_a_failing_event_keep_their_reason(broker: Broker, aof_redis: AofRedis,
                                                                    topic_prefix: str, topics: dict[str, str],
                                                                    group_factory: Any) -> None:
@@ -54,9 +52,8 @@ async def test_bad_items_next_to_a_failing_event_keep_their_reason(broker: Broke
     assert reasons == ["bad_version", "handler_error"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: flashsale audit reports attempts that were dead-lettered (handler "
-                                       "fault, record over FLASHSALE_MAX_RECORD_BYTES) as lost; it does not read "
-                                       "the dead-letter topic")
+# Regression: fixed bug: flashsale audit reports attempts that were dead-lettered (handler fault, record over
+# FLASHSALE_MAX_RECORD_BYTES) as lost; it does not read the dead-letter topic
 async def test_audit_does_not_call_a_dead_lettered_attempt_lost(broker: Broker, aof_redis: AofRedis,
                                                                 rc: aioredis.Redis, topic_prefix: str,
                                                                 topics: dict[str, str], group_factory: Any) -> None:
@@ -96,10 +93,9 @@ async def _batch_with_a_faulty_event(broker: Broker, prefix: str, group_factory:
     return sale
 
 
-@pytest.mark.xfail(strict=True, reason="bug: after a handler fault, streams.resilience._per_event re-runs each event "
-                                       "of the record as a one-event record at the same offset (index 0); the "
-                                       "counters' per-partition position watermark (offset*10000+index) then skips "
-                                       "every event after the first as a replay: valid events dropped silently")
+# Regression: fixed bug: after a handler fault, streams.resilience._per_event re-runs each event of the record
+# as a one-event record at the same offset (index 0); the counters' per-partition position watermark
+# (offset*10000+index) then skips every event after the first as a replay: valid events dropped silently
 async def test_counters_keep_valid_events_next_to_a_failing_event(broker: Broker, aof_redis: AofRedis,
                                                                   rc: aioredis.Redis, topic_prefix: str,
                                                                   topics: dict[str, str],
@@ -120,9 +116,8 @@ async def test_counters_keep_valid_events_next_to_a_failing_event(broker: Broker
     assert orders == 3, "the three valid attempts of the record are counted in the room"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an event whose handler raises is dead-lettered once per agent that "
-                                       "consumes its topic (stock and counters_orders on orders), although the "
-                                       "stock core owns the orders topic's bad input")
+# Regression: fixed bug: an event whose handler raises is dead-lettered once per agent that consumes its topic
+# (stock and counters_orders on orders), although the stock core owns the orders topic's bad input
 async def test_a_failing_event_is_dead_lettered_once(broker: Broker, aof_redis: AofRedis, topic_prefix: str,
                                                       topics: dict[str, str], group_factory: Any) -> None:
     await _batch_with_a_faulty_event(broker, topic_prefix, group_factory)
