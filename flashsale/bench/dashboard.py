@@ -165,8 +165,12 @@ async def stack(opts: Options, session: aiohttp.ClientSession) -> AsyncIterator[
         await asyncio.to_thread(st.stop)
 
 
+SIM_ROOM = re.compile(r"room-\d+")  # producers/simulation/plan.py names its rooms so
+
+
 async def wait_room(session: aiohttp.ClientSession, st: Stack, limit_s: float) -> str:
-    """The first room the read model lists once the simulator's events flow."""
+    """The first simulator room (``room-<n>``) the read model lists once the simulator's events flow.
+    Other rooms in the same Redis (left by other benchmarks of ``bench all``) get no new events."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         assert st.simulator is not None
@@ -176,8 +180,9 @@ async def wait_room(session: aiohttp.ClientSession, st: Stack, limit_s: float) -
             async with session.get(f"{st.dashboard_url}/api/rooms") as resp:
                 body = await resp.json()
                 rooms = body if isinstance(body, list) else body.get("rooms", [])
-                if rooms:
-                    return str(rooms[0]["room_id"])
+                ours = [str(r["room_id"]) for r in rooms if SIM_ROOM.fullmatch(str(r["room_id"]))]
+                if ours:
+                    return ours[0]
         await asyncio.sleep(0.5)
     raise RuntimeError(f"no room appeared within {limit_s:.0f}s")
 

@@ -12,6 +12,40 @@ def _f(x: Any, nd: int = 0) -> str:
         return "n/a"
 
 
+def _cpu_sum(procs: dict[str, dict[str, Any]]) -> float:
+    return sum(float(p.get("cpu_percent", 0.0)) for p in procs.values())
+
+
+def bottleneck_lines(r: dict[str, Any]) -> list[str]:
+    """Where the time goes, from this run's process figures (CPU % of one core; the machine has
+    ``cores`` x 100 %)."""
+    budget = 100 * int(r["machine"]["cores"])
+    out = ["", "## Bottleneck", ""]
+    stock = r.get("stock")
+    if stock:
+        worst = max(stock["rates"], key=lambda s: _cpu_sum(s["processes"]))
+        procs = worst["processes"]
+        busiest = max(procs, key=lambda k: procs[k]["cpu_percent"])
+        sus = stock["sustained"]
+        out.append(
+            f"- Stock core: at {_f(worst['target_rate'])} attempts/s worker, broker and Redis used "
+            f"{_cpu_sum(procs):.0f}% of the machine's {budget}% (the load generator on the same cores is not "
+            f"measured); the busiest was the {busiest} at {procs[busiest]['cpu_percent']}%. Draining a backlog the "
+            f"worker used {sus['processes']['worker']['cpu_percent']}% CPU: no process saturates a core; the limit "
+            "is the shared cores plus the worker's serial batch cycle (fetch, one Lua call per sale, produce the "
+            "decisions and wait for the broker's ack, commit).")
+    m = r.get("metrics")
+    for step in (m or {}).get("fixed_rate", []):
+        procs = step["processes"]
+        busiest = max(procs, key=lambda k: procs[k]["cpu_percent"])
+        out.append(
+            f"- Counters ({step['profile']}): at {_f(step['target_rate'])} events/s all processes used "
+            f"{_cpu_sum(procs):.0f}% of {budget}%; busiest: {busiest} {procs[busiest]['cpu_percent']}%, "
+            f"Redis {procs['redis']['cpu_percent']}% (the Lua scripts). "
+            + ("It kept up." if step["kept_up"] else "It fell behind."))
+    return out if len(out) > 3 else []
+
+
 def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     stock = r.get("stock")
@@ -75,15 +109,16 @@ def render(r: dict[str, Any]) -> str:
             "## Stock core: fixed-rate steps",
             "",
             "| target/s | achieved/s | p50 ms | p99 ms | max ms | drained after send | worker CPU % | worker RSS MB "
-            "| broker CPU % | redis CPU % |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| broker CPU % | redis CPU % | all three CPU % |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for s in stock["rates"]:
             p = s["processes"]
             lines.append(
                 f"| {_f(s['target_rate'])} | {_f(s['achieved_rate'])} | {_f(s['p50_ms'])} | {_f(s['p99_ms'])} "
                 f"| {_f(s['max_ms'])} | {s['drain_after_send_s']} s | {p['worker']['cpu_percent']} "
-                f"| {p['worker']['rss_mb']} | {p['broker']['cpu_percent']} | {p['redis']['cpu_percent']} |"
+                f"| {p['worker']['rss_mb']} | {p['broker']['cpu_percent']} | {p['redis']['cpu_percent']} "
+                f"| {_cpu_sum(p):.0f} |"
             )
         lines += [
             "",
@@ -94,5 +129,6 @@ def render(r: dict[str, Any]) -> str:
         part = r.get(name)
         if part and part.get("markdown"):
             lines += ["", str(part["markdown"])]
+    lines += bottleneck_lines(r)
     lines.append("")
     return "\n".join(lines)
