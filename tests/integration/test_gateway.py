@@ -374,3 +374,71 @@ async def test_main_serves_and_shuts_down_gracefully_on_sigterm(worker_env: dict
         assert code == 0, proc.log_path.read_text()
     finally:
         proc.stop()
+
+
+async def _slow_client(url: str, token: str) -> bytes:
+    """Sends the headers and part of a body, then stalls: the gateway must answer 408 on its own."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 900\r\n\r\n[{\"type\":".encode())
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4096), 10)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_abuse_all_at_once_leaves_a_well_behaved_client_unharmed(gateway: GatewayFactory, broker: Broker,
+                                                                       topics: dict[str, str]) -> None:
+    """A flood from one client, slow clients, huge bodies and bad tokens at the same time: each gets
+    its clear error, while another client's events all pass, the gateway stays ready, and exactly the
+    admitted events reach Kafka."""
+    flooder, polite, bulky = TOKEN, "polite-token-9876543210", "bulky-token-5555555555"
+    async with gateway(tokens=(flooder, polite, bulky), rate_limit=20.0, rate_burst=20, max_body_bytes=4096,
+                       body_timeout_s=0.5) as gw:
+        async def flood(i: int) -> tuple[int, str]:
+            status, _, _ = await gw.post("/v1/events", event(i, room="flood"), token=flooder)
+            return status, f"ev-flood-{i}"
+
+        async def huge(i: int) -> int:
+            body = [event(1000 * i + k, room="huge") for k in range(80)]
+            return (await gw.post("/v1/events", body, token=bulky))[0]
+
+        async def bad_token(i: int) -> int:
+            return (await gw.post("/v1/events", event(i, room="bad"), token=f"wrong-{i}"))[0]
+
+        async def well_behaved() -> list[int]:
+            out = []
+            for i in range(10):
+                out.append((await gw.post("/v1/events", event(i, room="polite"), token=polite))[0])
+                await asyncio.sleep(0.05)
+            return out
+
+        floods, slows, huges, bads, polite_statuses = await asyncio.gather(
+            asyncio.gather(*(flood(i) for i in range(300))),
+            asyncio.gather(*(_slow_client(gw.url, polite) for _ in range(5))),
+            asyncio.gather(*(huge(i) for i in range(5))),
+            asyncio.gather(*(bad_token(i) for i in range(20))),
+            well_behaved())
+
+        assert polite_statuses == [202] * 10
+        admitted = {eid for status, eid in floods if status == 202}
+        assert {status for status, _ in floods} == {202, 429}
+        assert 20 <= len(admitted) < 300  # the burst, plus what refilled meanwhile
+        assert all(head.startswith(b"HTTP/1.1 408") for head in slows), slows
+        assert huges == [413] * 5
+        assert bads == [401] * 20
+        assert gw.metric("flashsale_gateway_rejected_total", reason="rate_limited") == 300 - len(admitted)
+        assert gw.metric("flashsale_gateway_rejected_total", reason="too_large") == 5
+        assert gw.metric("flashsale_gateway_rejected_total", reason="body_timeout") == 5
+        status, body, _ = await gw.get("/readyz")
+        assert status == 200 and body["status"] == "ready"
+
+    want = admitted | {f"ev-polite-{i}" for i in range(10)}
+    items = await read_topic(broker.bootstrap, topics["engagement"], lambda xs: len(xs) >= len(want), timeout=15)
+    await asyncio.sleep(0.5)
+    assert sorted(i["event_id"] for i in items) == sorted(want)
+    assert await total_records(broker.bootstrap, {"orders": topics["orders"]}) == 0
