@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,13 +44,14 @@ class StockService:
         out = Outbound()
         ops: dict[str, list[dict[str, Any]]] = defaultdict(list)
         sources: dict[str, list[tuple[Event, Record]]] = defaultdict(list)
+        consumed: Counter[tuple[str, str]] = Counter()  # metrics once per batch, not per event
         for rec in records:
             decoded = decode_record(rec.value, self.max_record_bytes)
             for bad_item in decoded.errors:
                 out.reject(bad_item, rec, self.metrics)
             for event in decoded.events:
                 check_fault(self.fault_marker, event.event_id)
-                self.metrics.events_consumed.labels(rec.topic, event.type).inc()
+                consumed[rec.topic, event.type] += 1
                 op = to_op(event)
                 sale_id = sale_of(event)
                 if op is None or sale_id is None:
@@ -59,6 +60,8 @@ class StockService:
                     continue
                 ops[sale_id].append(op)
                 sources[sale_id].append((event, rec))
+        for (topic, type_), n in consumed.items():
+            self.metrics.events_consumed.labels(topic, type_).inc(n)
         if ops:
             results = await self.gateway.apply(ops, self.clock())
             for sale_id, res in results.items():
@@ -66,9 +69,10 @@ class StockService:
                     res = await self._isolate(sale_id, ops[sale_id], sources[sale_id], res.error, out)
                 self._collect(res, sources[sale_id], out)
             done = self.clock()
+            latency = self.metrics.processing_latency.labels("stock")
             for sale_srcs in sources.values():
                 for event, _ in sale_srcs:
-                    self.metrics.processing_latency.labels("stock").observe(max(0.0, (done - event.ts) / 1000))
+                    latency.observe(max(0.0, (done - event.ts) / 1000))
             self.metrics.batch_size.labels("stock").observe(sum(len(v) for v in ops.values()))
         outbox = {s: r.outbox for s, r in results.items()} if ops else {}
         for items in outbox.values():
@@ -99,13 +103,14 @@ class StockService:
 
     def _collect(self, res: SaleBatchResult, srcs: list[tuple[Event, Record]], out: Outbound) -> None:
         assert res.results is not None
+        decided: Counter[tuple[str, str]] = Counter()
         for (event, rec), r in zip(srcs, res.results, strict=True):
             op = r.get("op")
             if op == "place":
                 decision = decision_event(event, r)
                 out.add(DECISIONS, decision)
                 if not r.get("replay"):
-                    self.metrics.decisions.labels(r["out"], r.get("r") or "").inc()
+                    decided[r["out"], r.get("r") or ""] += 1
             elif op == "failed":
                 continue
             else:
@@ -114,6 +119,8 @@ class StockService:
                 if status in BAD_STATUSES:
                     out.reject(bad(0, status, f"{event.type} refers to {status.replace('_', ' ')}",
                                    orjson.dumps(event.to_dict())), rec, self.metrics)
+        for (outcome, reason), n in decided.items():
+            self.metrics.decisions.labels(outcome, reason).inc(n)
 
     def _add_outbox(self, item: bytes, out: Outbound) -> None:
         event = outbox_event(orjson.loads(item))
