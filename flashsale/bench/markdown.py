@@ -42,7 +42,8 @@ def bottleneck_lines(r: dict[str, Any]) -> list[str]:
             f"- Counters ({step['profile']}): at {_f(step['target_rate'])} events/s all processes used "
             f"{_cpu_sum(procs):.0f}% of {budget}%; busiest: {busiest} {procs[busiest]['cpu_percent']}%, "
             f"Redis {procs['redis']['cpu_percent']}% (the Lua scripts). "
-            + ("It kept up." if step["kept_up"] else "It fell behind."))
+            + ("It kept up" if step["kept_up"] else "It fell behind")
+            + f", p99 event→Redis {step['latency_ms']['p99']} ms.")
     return out if len(out) > 3 else []
 
 

@@ -23,7 +23,7 @@ import random
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import orjson
@@ -44,6 +44,7 @@ AGENT = "counters_engagement"
 HIST = "flashsale_processing_latency_seconds"
 # Worker settings per fixed-rate run: the defaults, and shorter consumer waits (Tansu holds a
 # fetch for its whole max wait; the agents wait batch_within for a batch to fill).
+KNEE_RATES: tuple[float, ...] = (15_000.0, 20_000.0)
 PROFILES: tuple[tuple[str, dict[str, str]], ...] = (
     ("defaults", {}),
     ("low latency", {"FLASHSALE_FETCH_MAX_WAIT_MS": "10", "FLASHSALE_BATCH_WITHIN_MS": "5"}),
@@ -392,9 +393,11 @@ def _summary(runs: list[dict[str, Any]], drain: dict[str, Any] | None,
         rows += [
             (f"counters ({fixed['profile']}): engagement events at {fixed['target_rate']:.0f}/s",
              f"{fixed['applied_rate']:.0f} /s", kept),
-            (f"counters ({fixed['profile']}): p99 event→Redis, worker histogram", f"{lat['p99']} ms",
+            (f"counters ({fixed['profile']}) @ {fixed['target_rate']:.0f}/s: p99 event→Redis, worker histogram",
+             f"{lat['p99']} ms",
              f"p50 {lat['p50']} ms; target <= 250"),
-            (f"counters ({fixed['profile']}): p99 event→Redis, outside probe", f"{probe['p99']} ms",
+            (f"counters ({fixed['profile']}) @ {fixed['target_rate']:.0f}/s: p99 event→Redis, outside probe",
+             f"{probe['p99']} ms",
              f"p50 {probe['p50']} ms"),
         ]
     rows.append(("counters: Redis memory per room, windows full", f"{steady['bytes'] / 1e6:.1f} MB",
@@ -462,6 +465,18 @@ def bench(stack: BenchStack, opts: dict[str, Any] | Any, log: Log) -> dict[str, 
         finally:
             stack.stop("metrics-worker")
         fixed.update(profile=profile, settings=" ".join(f"{k}={v}" for k, v in extra.items()), tick_s=o.tick_s)
+        runs.append(fixed)
+    for rate in KNEE_RATES:  # below the target: where latency still holds on this machine
+        if rate >= o.rate:
+            continue
+        log(f"metrics (defaults): {rate:.0f} events/s for {o.duration_s:.0f}s over {o.rooms} rooms")
+        stack.new_prefix("mknee")
+        _, port = start_worker(stack, "metrics-worker")
+        try:
+            fixed = asyncio.run(_fixed_rate(stack, replace(o, rate=rate), port, log, "metrics-worker"))
+        finally:
+            stack.stop("metrics-worker")
+        fixed.update(profile="defaults", settings="", tick_s=o.tick_s)
         runs.append(fixed)
     log(f"metrics: Redis memory of one room at {o.rate / o.rooms:.0f} events/s, windows full")
     steady = asyncio.run(_steady_memory(stack, int(o.rate / o.rooms), 12, log))
