@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from flashsale.env import ConfigError, Env, bootstrap_servers
 from schemas import redis_keys as rk
-from schemas.codec import decode_record
+from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import Event
 from schemas.topics import TopicNames
 
@@ -178,7 +178,7 @@ def check(sale_id: str, log: SaleLog, sale: dict[str, str], orders: dict[str, di
 
 
 async def audit(bootstrap: str, redis_url: str, prefix: str, cluster: bool = False,
-                only: str | None = None, max_record_bytes: int = 1_048_576) -> list[SaleAudit]:
+                only: str | None = None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> list[SaleAudit]:
     """Audit every sale. Records over ``max_record_bytes`` (the worker's FLASHSALE_MAX_RECORD_BYTES)
     and events dead-lettered with handler_error were never applied, so they are not expected in Redis."""
     from streams.redis_client import connect
@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-cluster", action="store_true", default=env.bool("REDIS_CLUSTER", False))
     p.add_argument("--prefix", default=env.str("TOPIC_PREFIX", "flashsale."))
     p.add_argument("--sale", help="audit one sale only")
-    p.add_argument("--max-record-bytes", type=int, default=env.int("MAX_RECORD_BYTES", 1_048_576, min=1024),
+    p.add_argument("--max-record-bytes", type=int,
+                   default=env.int("MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES, min=1024),
                    help="the workers' FLASHSALE_MAX_RECORD_BYTES: larger records were dead-lettered unread")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)

@@ -11,6 +11,8 @@ import orjson
 from schemas.events import Event, ValidationError, parse_event
 
 MAX_BATCH_ITEMS: Final = 10_000
+# Default record size limit of the agents' input (FLASHSALE_MAX_RECORD_BYTES) and of their output batches.
+DEFAULT_MAX_RECORD_BYTES: Final = 1_048_576
 
 
 @dataclass(frozen=True, slots=True)

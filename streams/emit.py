@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.codec import MAX_BATCH_ITEMS, BadItem, dead_letter, encode_batch
+from schemas.codec import DEFAULT_MAX_RECORD_BYTES, MAX_BATCH_ITEMS, BadItem, dead_letter, encode_batch
 from schemas.events import Event
 from schemas.topics import partition_key
 from streams.metrics import WorkerMetrics
@@ -46,7 +46,7 @@ class Outbound:
                                                    offset=record.offset, now_ms=int(time.time() * 1000))))
 
 
-def batches(events: Iterable[Event], max_bytes: int = 1_048_576) -> list[tuple[bytes, bytes]]:
+def batches(events: Iterable[Event], max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> list[tuple[bytes, bytes]]:
     """Group events by partition key, preserving order, into (key, JSON array) records of at most
     ``CHUNK`` events and ``max_bytes`` bytes (the consumers' FLASHSALE_MAX_RECORD_BYTES: a larger
     record would be dead-lettered as too_large by the agents that read it)."""
@@ -70,7 +70,7 @@ def _fit(key: bytes, evs: list[Event], max_bytes: int, out: list[tuple[bytes, by
     _fit(key, evs[half:], max_bytes, out)
 
 
-async def flush(send: SendFn, outbound: Outbound, max_bytes: int = 1_048_576) -> int:
+async def flush(send: SendFn, outbound: Outbound, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> int:
     """Send everything and wait until the broker has acknowledged it all; return records sent."""
     pending: list[Awaitable[Any]] = []
     for topic, events in outbound.events.items():

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flashsale.env import ConfigError, Env, bootstrap_servers
+from schemas.codec import DEFAULT_MAX_RECORD_BYTES
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class WorkerSettings:
     batch_max: int = 5000
     batch_within_s: float = 0.02
     sweep_interval_s: float = 0.5
-    max_record_bytes: int = 1_048_576
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     lateness_s: float = 30.0
     spike_factor: float = 3.0
     stale_viewer_s: float = 120.0

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from schemas.codec import decode_record
+from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import Event
 from schemas.topics import DECISIONS
 from streams.emit import Outbound, Record, SendFn, bad, flush
@@ -30,7 +30,7 @@ class StockService:
     """Decides order attempts for a batch of records from the orders topic."""
 
     def __init__(self, gateway: StockGateway, metrics: WorkerMetrics, send: SendFn,
-                 max_record_bytes: int = 1_048_576, clock: Callable[[], int] = now_ms,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, clock: Callable[[], int] = now_ms,
                  fault_marker: str | None = None) -> None:
         self.gateway = gateway
         self.fault_marker = fault_marker

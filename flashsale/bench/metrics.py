@@ -42,9 +42,10 @@ MIX = (("viewer.liked", 45), ("product.clicked", 15), ("cart.added", 15), ("view
 CHANNELS = ("live_room", "community_group", "mini_program", "share_link")
 AGENT = "counters_engagement"
 HIST = "flashsale_processing_latency_seconds"
+# Rates below the target, run with the default settings: where latency still holds on this machine.
+KNEE_RATES: tuple[float, ...] = (15_000.0, 20_000.0)
 # Worker settings per fixed-rate run: the defaults, and shorter consumer waits (Tansu holds a
 # fetch for its whole max wait; the agents wait batch_within for a batch to fill).
-KNEE_RATES: tuple[float, ...] = (15_000.0, 20_000.0)
 PROFILES: tuple[tuple[str, dict[str, str]], ...] = (
     ("defaults", {}),
     ("low latency", {"FLASHSALE_FETCH_MAX_WAIT_MS": "10", "FLASHSALE_BATCH_WITHIN_MS": "5"}),
@@ -452,32 +453,24 @@ def _markdown(runs: list[dict[str, Any]], drain: dict[str, Any] | None, steady: 
     return "\n".join(lines)
 
 
+def _profile_run(stack: BenchStack, o: Options, profile: str, extra: dict[str, str], log: Log) -> dict[str, Any]:
+    """One fixed-rate run on a fresh worker started with ``extra`` settings."""
+    log(f"metrics ({profile}): {o.rate:.0f} events/s for {o.duration_s:.0f}s over {o.rooms} rooms")
+    stack.new_prefix("mbench")
+    _, port = start_worker(stack, "metrics-worker", extra=extra)
+    try:
+        fixed = asyncio.run(_fixed_rate(stack, o, port, log, "metrics-worker"))
+    finally:
+        stack.stop("metrics-worker")
+    fixed.update(profile=profile, settings=" ".join(f"{k}={v}" for k, v in extra.items()), tick_s=o.tick_s)
+    return fixed
+
+
 def bench(stack: BenchStack, opts: dict[str, Any] | Any, log: Log) -> dict[str, Any]:
     """Entry point of ``flashsale bench`` (flashsale.bench.report): runs on the given stack."""
     o = Options.from_any(opts)
-    runs = []
-    for profile, extra in PROFILES:
-        log(f"metrics ({profile}): {o.rate:.0f} events/s for {o.duration_s:.0f}s over {o.rooms} rooms")
-        stack.new_prefix("mbench")
-        _, port = start_worker(stack, "metrics-worker", extra=extra)
-        try:
-            fixed = asyncio.run(_fixed_rate(stack, o, port, log, "metrics-worker"))
-        finally:
-            stack.stop("metrics-worker")
-        fixed.update(profile=profile, settings=" ".join(f"{k}={v}" for k, v in extra.items()), tick_s=o.tick_s)
-        runs.append(fixed)
-    for rate in KNEE_RATES:  # below the target: where latency still holds on this machine
-        if rate >= o.rate:
-            continue
-        log(f"metrics (defaults): {rate:.0f} events/s for {o.duration_s:.0f}s over {o.rooms} rooms")
-        stack.new_prefix("mknee")
-        _, port = start_worker(stack, "metrics-worker")
-        try:
-            fixed = asyncio.run(_fixed_rate(stack, replace(o, rate=rate), port, log, "metrics-worker"))
-        finally:
-            stack.stop("metrics-worker")
-        fixed.update(profile="defaults", settings="", tick_s=o.tick_s)
-        runs.append(fixed)
+    runs = [_profile_run(stack, o, profile, extra, log) for profile, extra in PROFILES]
+    runs += [_profile_run(stack, replace(o, rate=rate), *PROFILES[0], log) for rate in KNEE_RATES if rate < o.rate]
     log(f"metrics: Redis memory of one room at {o.rate / o.rooms:.0f} events/s, windows full")
     steady = asyncio.run(_steady_memory(stack, int(o.rate / o.rooms), 12, log))
     drain = None

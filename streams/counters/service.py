@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import orjson
 
-from schemas.codec import decode_record
+from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import SpikeDetected, make_event
 from schemas.topics import ALERTS, DECISIONS, ENGAGEMENT, ORDERS, logical_topic
 from streams.counters import keys
@@ -66,7 +66,7 @@ class CountersService:
     """Handles batches of one logical topic (engagement, orders or order-decisions)."""
 
     def __init__(self, gateway: CountersGateway, params: CounterParams, metrics: WorkerMetrics, send: SendFn,
-                 topic: str, max_record_bytes: int = 1_048_576, clock: Callable[[], int] = now_ms,
+                 topic: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, clock: Callable[[], int] = now_ms,
                  owns_orders_input: bool = False, fault_marker: str | None = None) -> None:
         if topic not in (ENGAGEMENT, ORDERS, DECISIONS):
             raise ValueError(f"counters do not consume {topic!r}")

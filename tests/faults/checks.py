@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from flashsale.audit import audit
 from schemas import redis_keys as rk
+from schemas.codec import DEFAULT_MAX_RECORD_BYTES
 from schemas.events import OrderPlaced, make_event
 from tests.faults.traffic import PRICE, ROOM_FIELDS, Ledger, SaleSpec, Traffic, now_ms
 
@@ -177,7 +178,7 @@ async def check_stock(client: aioredis.Redis, ledger: Ledger, sales: list[SaleSp
 
 
 async def check_audit(bootstrap: str, redis_url: str, prefix: str, ledger: Ledger,
-                      max_record_bytes: int = 1_048_576) -> None:
+                      max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
     """``flashsale audit`` over the whole log (orders, decisions, dead letters) finds no problem.
     Attempts the workers dead-lettered (handler fault, record over the size limit) were never
     applied; the audit reads the dead-letter topic and the size limit, so it must not call them lost."""

@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from schemas import redis_keys as rk
+from schemas.codec import DEFAULT_MAX_RECORD_BYTES
 from schemas.topics import TopicNames
 from tests.faults.checks import (
     Item,
@@ -43,7 +44,8 @@ async def wait_answers(bootstrap: str, prefix: str, traffic: Traffic, timeout: f
 
 async def verify(bootstrap: str, redis_url: str, prefix: str, traffic: Traffic, sales: list[SaleSpec],
                  client: aioredis.Redis, group: WorkerGroup, tag: str = "fresh",
-                 room_fields: tuple[str, ...] = ROOM_FIELDS, max_record_bytes: int = 1_048_576) -> Outcome:
+                 room_fields: tuple[str, ...] = ROOM_FIELDS,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Outcome:
     """Every pass criterion of the suite, in order; returns the decisions log and a summary."""
     started = time.monotonic()
     ledger = traffic.ledger

@@ -205,19 +205,25 @@ async def test_body_limits(gateway: GatewayFactory, broker: Broker, topics: dict
     assert await total_records(broker.bootstrap, topics) == 0
 
 
+async def _slow_client(url: str, token: str) -> bytes:
+    """Sends the headers and part of a body, then stalls: the gateway must answer (408) while the
+    client still owes bytes."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"type\":".encode())
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4096), 10)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
 async def test_slow_body_is_cut_off(gateway: GatewayFactory, broker: Broker, topics: dict[str, str]) -> None:
     async with gateway(body_timeout_s=0.3) as gw:
-        host, port = gw.url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            writer.write(f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                         "Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"type\":".encode())
-            await writer.drain()
-            head = await asyncio.wait_for(reader.read(4096), 10)  # answered while the client still owes bytes
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        head = await _slow_client(gw.url, TOKEN)
         assert head.startswith(b"HTTP/1.1 408"), head[:200]
         assert b"body_timeout" in head
         assert gw.metric("flashsale_gateway_rejected_total", reason="body_timeout") == 1
@@ -374,21 +380,6 @@ async def test_main_serves_and_shuts_down_gracefully_on_sigterm(worker_env: dict
         assert code == 0, proc.log_path.read_text()
     finally:
         proc.stop()
-
-
-async def _slow_client(url: str, token: str) -> bytes:
-    """Sends the headers and part of a body, then stalls: the gateway must answer 408 on its own."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                     "Content-Type: application/json\r\nContent-Length: 900\r\n\r\n[{\"type\":".encode())
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(4096), 10)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 async def test_abuse_all_at_once_leaves_a_well_behaved_client_unharmed(gateway: GatewayFactory, broker: Broker,
