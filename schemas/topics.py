@@ -11,7 +11,7 @@ ORDERS: Final = "orders"  # sale.*, stock.adjusted, order.placed/paid/cancelled;
 ENGAGEMENT: Final = "engagement"  # viewer.*, product.clicked, cart.*; keyed by room
 DECISIONS: Final = "order-decisions"  # order.accepted/rejected/expired, sale.sold_out; keyed by SKU
 ALERTS: Final = "alerts"  # spike.detected; keyed by subject id
-DEAD_LETTER: Final = "dead-letter"  # bad input with its reason; keyed by source topic
+DEAD_LETTER: Final = "dead-letter"  # bad input with its reason; keyed by reason
 
 DEFAULT_PARTITIONS: Final[dict[str, int]] = {
     ORDERS: 8, ENGAGEMENT: 8, DECISIONS: 8, ALERTS: 1, DEAD_LETTER: 1,
