@@ -57,12 +57,16 @@ def attempt(n: int, sale_id: str, sku: str, ts: int, users: int) -> dict[str, ob
 
 @dataclass
 class LatencyMeter:
-    """Reads the decisions topic from its end; records event-time → received latency per decision."""
+    """Reads the decisions topic from its end; records event-time → received latency of the first
+    decision seen for each order. Later copies (a re-sent attempt or a replay re-emits the same
+    decision; delivery is at-least-once) are counted in ``repeated``, not in ``decided``."""
 
     bootstrap: str
     topic: str
     latencies_ms: list[int] = field(default_factory=list)
     decided: int = 0
+    repeated: int = 0
+    _seen: set[str] = field(default_factory=set)
     first_ms: int = 0
     last_ms: int = 0
     _consumer: AIOKafkaConsumer | None = None
@@ -93,6 +97,11 @@ class LatencyMeter:
                     obj = orjson.loads(m.value)
                     for d in obj if isinstance(obj, list) else [obj]:
                         if d["type"] in ("order.accepted", "order.rejected"):
+                            order_id = d["data"]["order_id"]
+                            if order_id in self._seen:
+                                self.repeated += 1
+                                continue
+                            self._seen.add(order_id)
                             self.decided += 1
                             self.latencies_ms.append(t - d["ts"])
                             self.first_ms = self.first_ms or t

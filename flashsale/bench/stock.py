@@ -35,6 +35,7 @@ async def run_rate(stack: BenchStack, rate: float, duration: float, drain_s: flo
     lat = meter.latencies_ms
     return {
         "target_rate": rate, "duration_s": duration, "attempts": produced, "decided": meter.decided,
+        "repeated_decisions": meter.repeated,
         "achieved_rate": round(meter.decided / max(1e-9, send_s + behind_s), 1),
         "p50_ms": percentile(lat, 0.50), "p99_ms": percentile(lat, 0.99), "max_ms": float(max(lat) if lat else "nan"),
         "drain_after_send_s": round(behind_s, 2), "kept_up": meter.decided >= produced and behind_s < 2.0,
@@ -95,7 +96,7 @@ def bench_stock(stack: BenchStack, rates: list[float], duration: float, ceiling_
         log(f"  stock: {rate:.0f} attempts/s for {duration:.0f}s ...")
         r = asyncio.run(run_rate(stack, rate, duration))
         log(f"    decided {r['decided']}/{r['attempts']}  p50 {r['p50_ms']:.0f} ms  p99 {r['p99_ms']:.0f} ms"
-            f"  kept up: {r['kept_up']}")
+            f"  kept up: {r['kept_up']}  repeated decisions: {r['repeated_decisions']}")
         results.append(r)
     stack.stop("worker")
     log(f"  stock: sustained, a backlog of {ceiling_attempts} attempts ...")

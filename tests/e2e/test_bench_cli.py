@@ -1,0 +1,41 @@
+"""``flashsale bench stock`` runs end to end on its own throwaway stack and accounts for every attempt.
+
+Only correctness is asserted here (every attempt decided once, the JSON complete); the speed
+figures are what the benchmark reports, never a test assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_stock_small_run_decides_every_attempt(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "flashsale", "bench", "stock", "--rates", "400", "--duration", "2",
+         "--backlog", "3000", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "stock @ 400 attempts/s" in proc.stdout
+    assert "JSON written to" in proc.stdout
+
+    result = json.loads(out.read_text())
+    assert result["machine"]["cores"] >= 1
+    [step] = result["stock"]["rates"]
+    assert step["attempts"] == 800
+    assert step["decided"] == 800, step  # each order's first decision, counted once
+    assert step["p50_ms"] <= step["p99_ms"] <= step["max_ms"]
+    assert {"worker", "broker", "redis"} <= set(step["processes"])
+    sustained = result["stock"]["sustained"]
+    assert sustained["decided"] == sustained["attempts"] == 3000
+    assert sustained["attempts_per_s"] > 0
