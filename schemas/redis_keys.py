@@ -74,6 +74,12 @@ def active_sales() -> str:
     return f"{NS}:sales:active"
 
 
+def sale_partitions() -> str:
+    """Hash: sale_id → partition of the orders topic its events arrive on (as the stock agent saw
+    them); a worker's sweeper walks only the active sales on partitions it owns."""
+    return f"{NS}:sales:partition"
+
+
 def room_sales(room_id: str) -> str:
     """Set: sale ids opened in a room."""
     return f"{NS}:{room_tag(room_id)}:sales"

@@ -64,8 +64,10 @@ class StockGateway:
         finally:
             self.metrics.redis_latency.labels(op).observe(time.perf_counter() - started)
 
-    async def apply(self, ops_by_sale: dict[str, list[dict[str, Any]]], now_ms: int) -> dict[str, SaleBatchResult]:
-        """One round trip: the stock script per sale, then lease of each sale's new outbox items."""
+    async def apply(self, ops_by_sale: dict[str, list[dict[str, Any]]], now_ms: int,
+                    partitions: dict[str, int] | None = None) -> dict[str, SaleBatchResult]:
+        """One round trip: the stock script per sale, then lease of each sale's new outbox items;
+        ``partitions`` records the orders partition of sales whose partition is new to the caller."""
         sales = list(ops_by_sale)
 
         def build(pipe: Any) -> None:
@@ -79,6 +81,8 @@ class StockGateway:
                 for sale_id in opened:
                     room = next(o["room_id"] for o in ops_by_sale[sale_id] if o["op"] == "open")
                     pipe.sadd(rk.room_sales(room), sale_id)
+            if partitions:
+                pipe.hset(rk.sale_partitions(), mapping=partitions)
 
         raw = await self._run("stock_apply", build)
         out: dict[str, SaleBatchResult] = {}
@@ -103,6 +107,13 @@ class StockGateway:
     async def active_sales(self) -> list[str]:
         members = await self.client.smembers(rk.active_sales())  # type: ignore[misc]
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def sale_partitions(self, sale_ids: list[str]) -> dict[str, int]:
+        """The recorded orders partition of each sale (sales with none recorded are left out)."""
+        if not sale_ids:
+            return {}
+        values = await self.client.hmget(rk.sale_partitions(), sale_ids)  # type: ignore[misc]
+        return {s: int(v) for s, v in zip(sale_ids, values, strict=True) if v is not None}
 
     async def sweep(self, sale_ids: list[str], now_ms: int) -> tuple[list[SaleStock], dict[str, list[bytes]]]:
         """Release due reservations of each sale and lease its outbox; one round trip."""

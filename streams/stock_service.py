@@ -31,8 +31,13 @@ class StockService:
 
     def __init__(self, gateway: StockGateway, metrics: WorkerMetrics, send: SendFn,
                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, clock: Callable[[], int] = now_ms,
-                 fault_marker: str | None = None) -> None:
+                 fault_marker: str | None = None,
+                 owned_partitions: Callable[[], set[int] | None] | None = None) -> None:
+        """``owned_partitions`` returns the orders partitions this worker owns now (None: unknown);
+        without it the sweeper walks every active sale (one worker, or tests)."""
         self.gateway = gateway
+        self.owned_partitions = owned_partitions
+        self._partition_of: dict[str, int] = {}  # sale → orders partition already recorded in Redis
         self.fault_marker = fault_marker
         self.metrics = metrics
         self.send = send
@@ -45,6 +50,7 @@ class StockService:
         ops: dict[str, list[dict[str, Any]]] = defaultdict(list)
         sources: dict[str, list[tuple[Event, Record]]] = defaultdict(list)
         consumed: Counter[tuple[str, str]] = Counter()  # metrics once per batch, not per event
+        moved: dict[str, int] = {}  # sales seen on a partition not yet recorded
         for rec in records:
             decoded = decode_record(rec.value, self.max_record_bytes)
             for bad_item in decoded.errors:
@@ -60,10 +66,13 @@ class StockService:
                     continue
                 ops[sale_id].append(op)
                 sources[sale_id].append((event, rec))
+                if self._partition_of.get(sale_id) != rec.partition:
+                    moved[sale_id] = rec.partition
         for (topic, type_), n in consumed.items():
             self.metrics.events_consumed.labels(topic, type_).inc(n)
         if ops:
-            results = await self.gateway.apply(ops, self.clock())
+            results = await self.gateway.apply(ops, self.clock(), moved)
+            self._partition_of.update(moved)
             for sale_id, res in results.items():
                 if res.error is not None:
                     res = await self._isolate(sale_id, ops[sale_id], sources[sale_id], res.error, out)
@@ -127,8 +136,9 @@ class StockService:
         out.add(DECISIONS, event)
 
     async def sweep(self) -> int:
-        """Release due reservations of every active sale; emit order.expired; refresh gauges."""
-        sales = await self.gateway.active_sales()
+        """Release due reservations of the active sales this worker owns (every active sale if
+        ownership is unknown); emit order.expired; refresh gauges."""
+        sales = await self._sales_to_sweep()
         stocks, outbox = await self.gateway.sweep(sales, self.clock())
         out = Outbound()
         for items in outbox.values():
@@ -145,6 +155,16 @@ class StockService:
         retired = [s.sale_id for s in stocks if s.status == "closed" and s.pending == 0]
         await self.gateway.retire(retired)
         return sum(s.released for s in stocks)
+
+    async def _sales_to_sweep(self) -> list[str]:
+        """Active sales on owned partitions, plus those with no recorded partition (swept by every
+        worker: the scripts are idempotent, so that costs calls, never a double release)."""
+        sales = await self.gateway.active_sales()
+        owned = self.owned_partitions() if self.owned_partitions is not None else None
+        if owned is None or not sales:
+            return sales
+        where = await self.gateway.sale_partitions(sales)
+        return [s for s in sales if s not in where or where[s] in owned]
 
     def _gauges(self, stocks: list[Any]) -> None:
         m = self.metrics

@@ -18,6 +18,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def owned_orders_partitions(p: Pipeline) -> set[int] | None:
+    """Partitions of the orders topic assigned to this worker now; None if the consumer is not
+    running (then the sweeper walks every active sale). Empty during a rebalance: sweeping waits."""
+    try:
+        assignment = p.app.consumer.assignment()
+    except Exception:  # consumer not started or being torn down
+        return None
+    return {tp.partition for tp in assignment if tp.topic == p.names.orders}
+
+
 def register(p: Pipeline) -> None:
     holder: dict[str, StockService] = {}
 
@@ -27,7 +37,8 @@ def register(p: Pipeline) -> None:
             client = connect(p.settings.redis_url, p.settings.redis_cluster)
             holder["svc"] = StockService(StockGateway(client, p.metrics), p.metrics, p.send,
                                          max_record_bytes=p.settings.max_record_bytes,
-                                         fault_marker=p.settings.fault_inject)
+                                         fault_marker=p.settings.fault_inject,
+                                         owned_partitions=lambda: owned_orders_partitions(p))
         return holder["svc"]
 
     @p.app.agent(p.orders, name="flashsale.stock", concurrency=1)

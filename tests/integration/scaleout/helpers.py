@@ -331,3 +331,6 @@ def check_ownership(out: Outcome, b: MultiBurst, states: dict[str, dict[str, str
         assert consumed == sum(per_sku[b.sales[s]] for s in owned), f"worker {i} consumed exactly its SKUs' events"
         decided = total(samples, "flashsale_order_decisions_total")
         assert decided == sum(int(states[s]["attempts"]) for s in owned), f"worker {i} decided exactly its SKUs"
+        # The reservation sweeper walks only owned sales, so each sale's stock gauges come from one worker.
+        gauged = {lab["sale_id"] for n, lab, _ in samples if n == "flashsale_sale_available_units"}
+        assert gauged == set(owned), f"worker {i} sweeps and reports exactly its own sales: {gauged} vs {owned}"

@@ -199,3 +199,54 @@ async def test_handler_fault_dead_letters_only_the_failing_event(redis_client: a
     got = {d["data"]["order_id"] for d in sink.decisions("order.accepted")}
     assert got == {"a", "c"}
     assert metrics.handler_errors.labels("stock")._value.get() == 1
+
+
+async def test_each_worker_sweeps_only_the_sales_on_its_partitions(redis_client: aioredis.Redis) -> None:
+    """Two services (two workers) share Redis; sale s1 arrives on partition 0, s2 on partition 1.
+    Each sweeper releases and reports only its own sale; a sale with no recorded partition, or a
+    worker that does not know its assignment, falls back to sweeping every active sale."""
+    clock = Clock(T0 + 5000)
+    owned: dict[str, set[int] | None] = {"w0": {0}, "w1": {1}}
+    sinks = {w: Sink() for w in owned}
+    metrics = {w: WorkerMetrics() for w in owned}
+    svcs = {w: StockService(StockGateway(redis_client, metrics[w]), metrics[w], sinks[w].send, clock=clock,
+                            owned_partitions=lambda w=w: owned[w]) for w in owned}
+
+    def on(partition: int, events: list[Event]) -> list[Record]:
+        return [Record("orders", partition, i, encode_event(e)) for i, e in enumerate(events)]
+
+    await svcs["w0"].handle(on(0, [sale_opened("s1", "sku-1", allotment=5, ttl_s=10),
+                                   order("a", "u1", T0 + 100, sale_id="s1", sku="sku-1")]))
+    await svcs["w1"].handle(on(1, [sale_opened("s2", "sku-2", allotment=5, ttl_s=10),
+                                   order("b", "u1", T0 + 100, sale_id="s2", sku="sku-2")]))
+    assert {k.decode(): int(v) for k, v in (await redis_client.hgetall(rk.sale_partitions())).items()} \
+        == {"s1": 0, "s2": 1}
+
+    clock.t = T0 + 100 + 10_000  # both reservations due
+    assert await svcs["w1"].sweep() == 1
+    assert [d["data"]["order_id"] for d in sinks["w1"].decisions("order.expired")] == ["b"]
+    assert (await sale_state(redis_client, "s1"))["reserved"] == "1"  # not w1's sale: left alone
+    assert await svcs["w0"].sweep() == 1
+    assert [d["data"]["order_id"] for d in sinks["w0"].decisions("order.expired")] == ["a"]
+
+    def gauged(w: str) -> set[str]:
+        return {s.labels["sale_id"] for fam in metrics[w].sale_available.collect() for s in fam.samples}
+
+    assert gauged("w0") == {"s1"} and gauged("w1") == {"s2"}
+
+    # No recorded partition (e.g. opened before this version): every worker sweeps the sale.
+    await svcs["w0"].handle(on(0, [order("c", "u2", T0 + 200, sale_id="s1", sku="sku-1")]))
+    await redis_client.hdel(rk.sale_partitions(), "s1")
+    clock.t = T0 + 200 + 10_000
+    assert await svcs["w1"].sweep() == 1
+    assert "c" in [d["data"]["order_id"] for d in sinks["w1"].decisions("order.expired")]
+
+    # A worker that does not know its assignment (consumer not running) sweeps every active sale.
+    await svcs["w1"].handle(on(1, [order("d", "u2", T0 + 300, sale_id="s2", sku="sku-2")]))
+    owned["w0"] = None
+    clock.t = T0 + 300 + 10_000
+    assert await svcs["w0"].sweep() == 1
+    assert "d" in [d["data"]["order_id"] for d in sinks["w0"].decisions("order.expired")]
+    for sale_id in ("s1", "s2"):
+        st = await sale_state(redis_client, sale_id)
+        assert (st["allotted"], st["available"], st["reserved"], st["sold"]) == ("5", "5", "0", "0")
