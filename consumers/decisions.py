@@ -100,8 +100,9 @@ class DecisionWaiter:
         self._client_id = client_id
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._waiters: dict[str, list[asyncio.Future[Decision]]] = {}
-        self._recent: OrderedDict[str, Decision] = OrderedDict()
+        # keyed by (sale_id, order_id): order ids are unique within a sale, not across sales
+        self._waiters: dict[tuple[str, str], list[asyncio.Future[Decision]]] = {}
+        self._recent: OrderedDict[tuple[str, str], Decision] = OrderedDict()
 
     @property
     def running(self) -> bool:
@@ -191,26 +192,32 @@ class DecisionWaiter:
                            decoded.errors[0].detail)
 
     def resolve(self, decision: Decision) -> None:
-        """Record a decision (the first one per order wins; replays carry the same answer)."""
-        if decision.order_id not in self._recent:
-            self._recent[decision.order_id] = decision
+        """Record a decision (the first one per order wins; replays carry the same answer). A
+        ``duplicate`` rejection answers a repeated attempt, not the order: it is ignored here (a
+        waiter gets the order's own decision from the topic or from the Redis order record)."""
+        if decision.reason == "duplicate":
+            return
+        key = (decision.sale_id, decision.order_id)
+        if key not in self._recent:
+            self._recent[key] = decision
             while len(self._recent) > self._remember:
                 self._recent.popitem(last=False)
-        for fut in self._waiters.pop(decision.order_id, ()):
+        for fut in self._waiters.pop(key, ()):
             if not fut.done():
-                fut.set_result(self._recent[decision.order_id])
+                fut.set_result(self._recent[key])
 
-    def recent(self, order_id: str) -> Decision | None:
-        return self._recent.get(order_id)
+    def recent(self, sale_id: str, order_id: str) -> Decision | None:
+        return self._recent.get((sale_id, order_id))
 
     async def wait(self, sale_id: str, order_id: str, timeout: float) -> Decision | None:  # noqa: ASYNC109
         """The order's decision, or None when none arrives within ``timeout`` seconds."""
-        seen = self._recent.get(order_id)
+        key = (sale_id, order_id)
+        seen = self._recent.get(key)
         if seen is not None:
             return seen
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Decision] = loop.create_future()
-        self._waiters.setdefault(order_id, []).append(fut)
+        self._waiters.setdefault(key, []).append(fut)
         deadline = loop.time() + timeout
         try:
             while True:
@@ -225,11 +232,11 @@ class DecisionWaiter:
                 if done:
                     return None if fut.cancelled() else fut.result()
         finally:
-            futures = self._waiters.get(order_id)
+            futures = self._waiters.get(key)
             if futures is not None:
                 with contextlib.suppress(ValueError):
                     futures.remove(fut)
                 if not futures:
-                    self._waiters.pop(order_id, None)
+                    self._waiters.pop(key, None)
             if not fut.done():
                 fut.cancel()

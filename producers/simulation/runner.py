@@ -35,7 +35,7 @@ class EventSink(Protocol):
 
 
 class DecisionSource(Protocol):
-    def recent(self, order_id: str) -> Decision | None: ...
+    def recent(self, sale_id: str, order_id: str) -> Decision | None: ...
 
 
 @dataclass
@@ -144,8 +144,8 @@ class Runner:
         if self.stats.mode != "feedback" or not self._pending or self.decisions is None:
             return
         source = self.decisions
-        for oid in list(self._pending):
-            found = source.recent(oid)
+        for oid, pending in list(self._pending.items()):
+            found = source.recent(pending.sale_id, oid)
             if found is not None:
                 self._on_decision(found, now_ms)
 

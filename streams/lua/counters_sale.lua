@@ -13,8 +13,9 @@
 --
 -- The watermark / dedupe / lateness rules are those of counters_room.lua. Besides, each order's
 -- payment is counted once: the first order.paid event of an order owns it, and the verdict for a
--- paid event (its amount, or -1 when another event owns the payment) is the same however often it
--- is asked, so the room call that follows may be retried after a crash.
+-- paid event (its amount, or -1 when another event owns the payment or the stock core refuses it:
+-- the order was rejected, or released before the payment) is the same however often it is asked,
+-- so the room call that follows may be retried after a crash.
 --
 -- Returns {applied, dups, late, too_old, replayed, stream newest ms, spike state or '', lo second,
 --          {counts}, {verdicts of Y events, in order}, unpriced}
@@ -35,18 +36,19 @@ local sl = tonumber(cur[3])
 
 local parts = {map = {}, list = {}}
 
-local function price(oid)
+local function order_record(oid)
   local raw = redis.call('HGET', KEYS[2], oid)
   if raw then
     local ok, rec = pcall(cjson.decode, raw)
-    if ok and type(rec) == 'table' and tonumber(rec.q) and tonumber(rec.p) then
-      return tonumber(rec.q) * tonumber(rec.p)
-    end
+    if ok and type(rec) == 'table' then return rec end
   end
   return nil
 end
 
-local applied, dups, late, old, replay, unpriced = 0, 0, 0, 0, 0, 0
+-- States in which the stock core refuses a payment (not_accepted, late_payment): not counted.
+local REFUSED = {rejected = true, expired = true, cancelled = true}
+
+local applied, dups, late, old, replay, unpriced, refused = 0, 0, 0, 0, 0, 0, 0
 local tot, secs, verdicts = {}, {}, {}
 local function inc(t, k, n) t[k] = (t[k] or 0) + n end
 
@@ -61,9 +63,15 @@ for i = 1, #events do
     local owner = redis.call('HGET', PAID, oid)
     if not owner then
       local amount = n
-      if amount < 0 then
-        amount = price(oid)
-        if amount == nil then amount = 0; unpriced = unpriced + 1 end
+      local rec = order_record(oid)
+      if rec and REFUSED[rec.s] then
+        amount = -1; refused = refused + 1
+      elseif amount < 0 then
+        if rec and tonumber(rec.q) and tonumber(rec.p) then
+          amount = tonumber(rec.q) * tonumber(rec.p)
+        else
+          amount = 0; unpriced = unpriced + 1
+        end
       end
       redis.call('HSET', PAID, oid, eid .. '|' .. string.format('%d', amount))
       verdicts[#verdicts + 1] = amount
@@ -118,6 +126,7 @@ if late > 0 then inc(tot, 'late', late) end
 if old > 0 then inc(tot, 'too_old', old) end
 for k, n in pairs(tot) do redis.call('HINCRBY', B, k, n) end
 if unpriced > 0 then redis.call('HINCRBY', B, 'unpriced', unpriced) end
+if refused > 0 then redis.call('HINCRBY', B, 'refused', refused) end
 if newest > nall then nall = newest end
 local state = {NF, newest, 'nall', nall}
 local cutoff = floor(nall / 1000) - KEEP

@@ -194,5 +194,11 @@ if dirty and exists then
     flat[#flat + 1] = (type(v) == 'number') and string.format('%d', v) or v
   end
   redis.call('HSET', sale_k, unpack(flat))
+elseif dirty then
+  -- Attempts on a sale not opened (yet) are rejected sale_not_active (or duplicate); keep their
+  -- counters so they add up however the events were batched (the sale's open keeps them).
+  redis.call('HSET', sale_k, 'attempts', string.format('%d', S.attempts),
+             'rej_sale_not_active', string.format('%d', S.rej_sale_not_active),
+             'rej_duplicate', string.format('%d', S.rej_duplicate))
 end
 return cjson.encode(res)

@@ -149,3 +149,23 @@ async def test_waiter_on_missing_topic_fails_clearly(broker: Broker) -> None:
     with pytest.raises(ConnectionError, match="no-such-topic-xyz"):
         await waiter.start()
     await waiter.close()
+
+
+@pytest.mark.integration
+async def test_waiter_keys_by_sale_and_ignores_duplicate_rejections(broker: Broker, topics: dict[str, str],
+                                                                   topic_prefix: str) -> None:
+    """The same order id in two sales gets each sale's own decision, and the `duplicate` rejection
+    of a repeated attempt does not stand in for the order's decision."""
+    async with DecisionWaiter(broker.bootstrap, topics["order-decisions"]) as waiter, \
+            Publisher(broker.bootstrap, topic_prefix=topic_prefix) as pub:
+        pending = asyncio.gather(waiter.wait("sale-1", "o-7", 10), waiter.wait("sale-2", "o-7", 10))
+        await asyncio.sleep(0)
+        dup = make_event(OrderRejected(order_id="o-7", sale_id="sale-1", sku="sku-1", qty=1, reason="duplicate"),
+                         event_id="dup:e-7b", ts=TS, room_id="room-1", user_id="u1")
+        other = make_event(OrderRejected(order_id="o-7", sale_id="sale-2", sku="sku-2", qty=1, reason="sold_out"),
+                           event_id="dec:o-7:sale-2", ts=TS, room_id="room-1", user_id="u2")
+        await pub.publish_many([dup, other, accepted("o-7")])
+        in_sale_1, in_sale_2 = await asyncio.wait_for(pending, 15)
+        assert in_sale_1 is not None and in_sale_1.outcome == "accepted" and in_sale_1.sale_id == "sale-1"
+        assert in_sale_2 is not None and in_sale_2.reason == "sold_out" and in_sale_2.sale_id == "sale-2"
+        assert waiter.recent("sale-1", "o-7") == in_sale_1

@@ -250,3 +250,25 @@ async def test_each_worker_sweeps_only_the_sales_on_its_partitions(redis_client:
     for sale_id in ("s1", "s2"):
         st = await sale_state(redis_client, sale_id)
         assert (st["allotted"], st["available"], st["reserved"], st["sold"]) == ("5", "5", "0", "0")
+
+
+@pytest.mark.parametrize("together", [True, False])
+async def test_attempts_before_the_sale_opens_count_however_batched(redis_client: aioredis.Redis,
+                                                                   together: bool) -> None:
+    """Orders that arrive before sale.opened are rejected sale_not_active and counted, whether they
+    share a batch with the opening or not (the audit recounts every logged attempt)."""
+    sink, metrics = Sink(), WorkerMetrics()
+    svc = StockService(StockGateway(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000))
+    early = [order("e1", "u1", T0 - 10), order("e2", "u2", T0 - 5), order("e1", "u1", T0 - 4, event_id="e1-again")]
+    later = [sale_opened(allotment=5), order("ok", "u3", T0 + 100)]
+    if together:
+        await svc.handle(records(early + later))
+    else:
+        await svc.handle(records(early))
+        await svc.handle(records(later))
+    await svc.handle(records(early))  # a replay changes nothing
+    st = await sale_state(redis_client)
+    assert (st["attempts"], st["rej_sale_not_active"], st["rej_duplicate"], st["accepted"]) == ("4", "2", "1", "1")
+    assert (st["allotted"], st["available"], st["reserved"]) == ("5", "4", "1")
+    reasons = sorted(d["data"]["reason"] for d in sink.decisions("order.rejected"))
+    assert reasons.count("sale_not_active") == 4 and reasons.count("duplicate") == 2  # twice: once replayed

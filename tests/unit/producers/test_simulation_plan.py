@@ -338,17 +338,18 @@ class ReferenceDecisions:
         self.outcomes = reference_outcomes(plan.sales, placed(plan), plan.intents)
         self.asked: set[str] = set()
 
-    def recent(self, order_id: str) -> Decision | None:
+    def recent(self, sale_id: str, order_id: str) -> Decision | None:
         self.asked.add(order_id)
         r = self.outcomes.get(order_id)
         if r is None:
             return None
+        assert r.sale_id == sale_id, (order_id, sale_id, r.sale_id)
         return Decision(order_id, r.sale_id, "accepted" if r.accepted else "rejected", r.reason,
                         "reserved" if r.accepted else "rejected", 1, None)
 
 
 class Silent:
-    def recent(self, order_id: str) -> Decision | None:
+    def recent(self, sale_id: str, order_id: str) -> Decision | None:
         return None
 
 

@@ -67,6 +67,8 @@ class Scenario:
     late: set[str] = field(default_factory=set)  # event ids older than the lateness bound on arrival
     too_old: set[str] = field(default_factory=set)  # older than the dedupe horizon: dropped
     prices: dict[str, tuple[int, int]] = field(default_factory=dict)  # order_id → (qty, unit price) for stock
+    # order_id → (sale_id, stock state) of orders whose payment the stock core refuses
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
     burst: tuple[int, int] = (120, 135)  # r1's engagement burst, seconds after T0
 
     @property
@@ -121,6 +123,8 @@ def build_scenario(seed: int = 11, too_old: bool = True) -> Scenario:
 
     orders: list[Event] = []
     decisions: list[Event] = []
+    rejected_orders: list[tuple[str, str, str, int, str, str, str, int]] = []
+    unpaid: list[tuple[str, str, str, int, str, str, str, int]] = []
     n = 0
     for sale_id, (room, sku, price, allot, opens) in SALES.items():
         orders.append(_ev(SaleOpened(sale_id=sale_id, sku=sku, price=price, allotment=allot, per_user_limit=3,
@@ -138,6 +142,8 @@ def build_scenario(seed: int = 11, too_old: bool = True) -> Scenario:
                 ts = T0 + s * 1000 + j * 50 + 10
                 orders.append(_ev(OrderPlaced(order_id=oid, sale_id=sale_id, sku=sku, qty=qty, unit_price=price),
                                   f"place-{oid}", ts, room, u, ch))
+                if accepted + qty > allot:
+                    rejected_orders.append((oid, sale_id, sku, ts, room, u, ch, qty * price))
                 if accepted + qty <= allot:
                     accepted += qty
                     decisions.append(_ev(OrderAccepted(order_id=oid, sale_id=sale_id, sku=sku, qty=qty,
@@ -148,12 +154,22 @@ def build_scenario(seed: int = 11, too_old: bool = True) -> Scenario:
                         amount = qty * price if rng.random() < 0.5 else None
                         orders.append(_ev(OrderPaid(order_id=oid, sale_id=sale_id, sku=sku, amount=amount),
                                           f"pay-{oid}", ts + 3000, room, u, ch))
+                    elif s < DURATION_S - 4:
+                        unpaid.append((oid, sale_id, sku, ts, room, u, ch, qty * price))
     # a second payment event for an already paid order: the order's payment counts once
     first_paid = next(e for e in orders if e.type == "order.paid")
     d = first_paid.data
     assert isinstance(d, OrderPaid)
     orders.append(_ev(OrderPaid(order_id=d.order_id, sale_id=d.sale_id, sku=d.sku, amount=d.amount),
                       "pay-again", first_paid.ts + 500, first_paid.room_id, first_paid.user_id, first_paid.channel))
+    # payments the stock core refuses: for a rejected order, and after a reservation was released
+    # (one with an amount, one priced from the record): none of them counts in the room
+    for (oid, sale_id, sku, ts, room, u, ch, _value), state, amount in (
+            (rejected_orders[0], "rejected", rejected_orders[0][7]), (unpaid[0], "expired", unpaid[0][7]),
+            (unpaid[1], "expired", None)):
+        sc.refused[oid] = (sale_id, state)
+        orders.append(_ev(OrderPaid(order_id=oid, sale_id=sale_id, sku=sku, amount=amount),
+                          f"pay-{oid}", ts + 3000, room, u, ch))
     orders.sort(key=lambda e: e.ts)
     decisions.sort(key=lambda e: e.ts)
     sc.events = eng + orders + decisions
@@ -226,6 +242,8 @@ async def write_stock_orders(client: aioredis.Redis, sc: Scenario) -> None:
         sale_id = "s1" if any(e.event_id == f"place-{oid}" and e.data.sale_id == "s1"  # type: ignore[attr-defined]
                               for e in sc.events if e.type == "order.placed") else "s2"
         await client.hset(rk.sale_orders(sale_id), oid, orjson.dumps({"s": "reserved", "q": q, "p": p}))
+    for oid, (sale_id, state) in sc.refused.items():
+        await client.hset(rk.sale_orders(sale_id), oid, orjson.dumps({"s": state, "q": 1, "p": 100}))
 
 
 # --- the reference ---------------------------------------------------------------------------------
@@ -292,7 +310,7 @@ def reference(sc: Scenario) -> tuple[dict[str, RoomTruth], dict[str, Counter[str
                 r.ref_orders[e.referrer_id] += 1
             continue
         if e.type == "order.paid":
-            if d.order_id in paid_orders:
+            if d.order_id in paid_orders or d.order_id in sc.refused:
                 continue
             paid_orders.add(d.order_id)
             amount = d.amount if d.amount is not None else sc.prices[d.order_id][0] * sc.prices[d.order_id][1]
@@ -460,7 +478,9 @@ async def test_replays_and_duplicate_publishes_change_nothing(redis_client: aior
     for room in ("r1", "r2"):
         dropped += int(await redis_client.hget(keys.room_base(room), "dups") or 0)
         dropped += int(await redis_client.hget(keys.room_base(room), "too_old") or 0)
-    room_events = [e for e in scenario.events if e.type != "order.accepted" and e.event_id != "pay-again"]
+    refused_payments = {f"pay-{oid}" for oid in scenario.refused}  # never reach the room
+    room_events = [e for e in scenario.events if e.type != "order.accepted" and e.event_id != "pay-again"
+                   and e.event_id not in refused_payments]
     # every room-side event of the republish was dropped: as a duplicate, or (the first minutes of
     # the stream) as older than the dedupe horizon; plus the in-stream duplicate and the too-old
     # event of the first pass
