@@ -43,6 +43,9 @@ class WorkerMetrics:
             "flashsale_sales_sold_out_total", "Sales that sold out", registry=r)
         self.spikes = Counter(
             "flashsale_spike_alerts_total", "Spike alerts emitted, by scope", ["scope"], registry=r)
+        self.spikes_active = Gauge(
+            "flashsale_spikes_active", "Rooms or sales in an open spike episode (this worker's partitions)",
+            ["scope", "metric"], registry=r)
         self.late_events = Counter(
             "flashsale_late_events_total", "Events older than the allowed lateness, by agent", ["agent"],
             registry=r)

@@ -89,7 +89,7 @@ class StockGateway:
         for i, sale_id in enumerate(sales):
             res, drained = raw[2 * i], raw[2 * i + 1]
             if isinstance(res, Exception):
-                out[sale_id] = SaleBatchResult(None, res, [])
+                out[sale_id] = SaleBatchResult(None, res, [] if isinstance(drained, Exception) else list(drained))
             else:
                 out[sale_id] = SaleBatchResult(orjson.loads(res), None,
                                                [] if isinstance(drained, Exception) else list(drained))

@@ -73,9 +73,11 @@ class StockService:
         if ops:
             results = await self.gateway.apply(ops, self.clock(), moved)
             self._partition_of.update(moved)
-            for sale_id, res in results.items():
+            for sale_id, res in list(results.items()):
                 if res.error is not None:
-                    res = await self._isolate(sale_id, ops[sale_id], sources[sale_id], res.error, out)
+                    isolated = await self._isolate(sale_id, ops[sale_id], sources[sale_id], res.error, out)
+                    isolated.outbox[:0] = res.outbox  # what the failed call leased is sent, not left to expire
+                    results[sale_id] = res = isolated
                 self._collect(res, sources[sale_id], out)
             done = self.clock()
             latency = self.metrics.processing_latency.labels("stock")
@@ -122,6 +124,11 @@ class StockService:
                     decided[r["out"], r.get("r") or ""] += 1
             elif op == "failed":
                 continue
+            elif op == "error":  # this op raised inside the script; the batch's other ops applied
+                logger.warning("stock script failed on %s %s: %s", event.type, event.event_id, r.get("err"))
+                self.metrics.handler_errors.labels("stock").inc()
+                out.reject(bad(0, "handler_error", f"stock script failed: {r.get('err')}",
+                               orjson.dumps(event.to_dict())), rec, self.metrics)
             else:
                 status = str(r.get("status"))
                 self.metrics.order_updates.labels(op, status).inc()

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 SYSTEM_USER = "system"
 LATENCY_SAMPLES = 256
 # (state field, metric name) per spike subject kind
+SPIKE_FORGET_WINDOWS = 6  # the active-spike gauge drops a silent subject after 6 detection windows
 ROOM_EVENTS = ("sp:events", "events")
 ROOM_ORDERS = ("sp:orders", "orders")
 SALE_ATTEMPTS = ("sp:attempts", "attempts")
@@ -80,6 +81,8 @@ class CountersService:
         self.max_record_bytes = max_record_bytes
         self.clock = clock
         self.room_spikes, self.sale_spikes = spike_configs(params)
+        # (scope, metric) → subject → monotonic time it was last seen in an open spike episode
+        self._spiking: dict[tuple[str, str], dict[str, float]] = {}
         # The stock core consumes the orders topic too and owns its bad input (dead letters, metrics)
         # unless this worker runs without it.
         self.owns_input = topic != ORDERS or owns_orders_input
@@ -179,6 +182,7 @@ class CountersService:
                 kind: tuple[str, str], cfg: SpikeConfig, out: Outbound) -> list[SpikeStore]:
         field_name, metric = kind
         stores = []
+        spiking = self._spiking.setdefault((scope, metric), {})
         for subject, r in results.items():
             if r.newest_ms <= 0:
                 continue
@@ -186,6 +190,10 @@ class CountersService:
             outcome = evaluate(state, r.lo, r.counts, r.newest_ms // 1000, cfg)
             if not outcome.advanced:
                 continue
+            if outcome.state.active:
+                spiking[subject] = time.monotonic()
+            else:
+                spiking.pop(subject, None)
             base = keys.room_base(subject) if scope == "room" else keys.sale_base(subject)
             alerts = []
             for a in outcome.alerts:
@@ -206,4 +214,9 @@ class CountersService:
                 logger.info("spike: %s %s %s at %.1f/s (baseline %.2f/s)", scope, subject, metric, a.rate,
                             a.baseline)
             stores.append(SpikeStore(base, field_name, state.t, outcome.state.to_json(), tuple(alerts)))
+        # A subject whose events stopped mid-episode is not evaluated again: forget it after a while.
+        horizon = time.monotonic() - SPIKE_FORGET_WINDOWS * cfg.window_s
+        for subject in [s for s, seen in spiking.items() if seen < horizon]:
+            del spiking[subject]
+        self.metrics.spikes_active.labels(scope, metric).set(len(spiking))
         return stores

@@ -55,7 +55,10 @@ local function decision(order_id, rec, replay)
 end
 
 local res = {}
-for i, o in ipairs(ops) do
+-- One op. Runs under pcall: an op that raises (a corrupt order record, say) is answered
+-- {op='error'} and its in-memory changes to S are undone; the other ops of the batch still apply and
+-- the sale hash is written once at the end, so a failure never leaves orders and counters apart.
+local function apply(i, o)
   local op = o.op
   if op == 'place' then
     local prev = redis.call('HGET', orders_k, o.order_id)
@@ -184,6 +187,21 @@ for i, o in ipairs(ops) do
     if not res[i] then res[i] = {op = op, status = status} end
   else
     res[i] = {op = op, status = 'bad_op'}
+  end
+end
+
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do c[k] = v end
+  return c
+end
+
+for i, o in ipairs(ops) do
+  local before, was_dirty, existed = copy(S), dirty, exists
+  local ok, err = pcall(apply, i, o)
+  if not ok then
+    S, dirty, exists = before, was_dirty, existed
+    res[i] = {op = 'error', err = tostring(err)}
   end
 end
 

@@ -272,3 +272,29 @@ async def test_attempts_before_the_sale_opens_count_however_batched(redis_client
     assert (st["allotted"], st["available"], st["reserved"]) == ("5", "4", "1")
     reasons = sorted(d["data"]["reason"] for d in sink.decisions("order.rejected"))
     assert reasons.count("sale_not_active") == 4 and reasons.count("duplicate") == 2  # twice: once replayed
+
+
+async def test_an_op_failing_inside_the_script_leaves_stock_consistent(redis_client: aioredis.Redis) -> None:
+    """A corrupt order record makes one op raise inside stock.lua. Before that op, the same script
+    call accepted an order (orders, users and deadlines written); the sale hash must count it, the
+    failing op is dead-lettered, the ops after it apply, and a replay changes nothing."""
+    sink, metrics = Sink(), WorkerMetrics()
+    svc = StockService(StockGateway(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000))
+    await svc.handle(records([sale_opened(allotment=2)]))
+    await redis_client.hset(rk.sale_orders("s1"), "corrupt", b"not json")
+    batch = records([order("a", "u1", T0 + 1), paid("corrupt", "u9", T0 + 2), order("b", "u2", T0 + 3),
+                     order("c", "u3", T0 + 4)], batch=4)
+    await svc.handle(batch)
+    st = await sale_state(redis_client)
+    assert (st["allotted"], st["available"], st["reserved"], st["sold"]) == ("2", "0", "2", "0")
+    assert (st["accepted"], st["attempts"], st["soldout"]) == ("2", "3", "1")
+    assert {d["data"]["order_id"] for d in sink.decisions("order.accepted")} == {"a", "b"}
+    assert [d["data"]["reason"] for d in sink.decisions("order.rejected")] == ["sold_out"]
+    assert len(sink.decisions("sale.sold_out")) == 1  # the outbox of that call is sent at once
+    dead = sink.records["dead-letter"]
+    assert [d["reason"] for d in dead] == ["handler_error"] and "pay-corrupt" in dead[0]["raw"]
+    assert metrics.handler_errors.labels("stock")._value.get() == 1
+    held = {k.decode(): int(v) for k, v in (await redis_client.hgetall(rk.sale_users("s1"))).items()}
+    assert held == {"u1": 1, "u2": 1}
+    await svc.handle(batch)  # replay
+    assert await sale_state(redis_client) == st

@@ -509,6 +509,29 @@ async def test_spike_detected_once_per_episode(redis_client: aioredis.Redis, sce
     assert any(s["scope"] == "sale" and s["subject_id"] == "s1" for s in snap["spikes"])
 
 
+async def test_spike_gauge_follows_the_episode(redis_client: aioredis.Redis, scenario: Scenario) -> None:
+    """flashsale_spikes_active counts subjects in an open episode: r1 once its alert fired, none
+    after the burst."""
+    await write_stock_orders(redis_client, scenario)
+    h = Harness(redis_client)
+    gauge = h.metrics.spikes_active
+    bounds = [T0 + sec * 1000 for sec in range(scenario.burst[0], scenario.burst[1] + 1)]
+    chunks = [(None, bounds[0])] + list(zip(bounds, bounds[1:], strict=False)) + [(bounds[-1], None)]
+    seen_open = False
+    for k, (lo, hi) in enumerate(chunks):  # the burst fed one second at a time
+        part = [e for e in scenario.events if (lo is None or e.ts >= lo) and (hi is None or e.ts < hi)]
+        await h.feed(to_records(part, offset0=k * 100_000), batch=2)
+        fired = any(a["data"]["subject_id"] == "r1" for a in h.sink.alerts())
+        if fired and hi is not None and not seen_open:
+            assert gauge.labels("room", "events")._value.get() == 1  # r1's episode is open
+            seen_open = True
+        elif not fired:
+            assert gauge.labels("room", "events")._value.get() == 0
+    assert seen_open, "r1's alert fired during its burst"
+    assert gauge.labels("room", "events")._value.get() == 0  # the episode ended after the burst
+    assert gauge.labels("sale", "attempts")._value.get() == 0
+
+
 async def test_readmodel_snapshot_sale_and_funnel(redis_client: aioredis.Redis, scenario: Scenario) -> None:
     await write_stock_orders(redis_client, scenario)
     h = Harness(redis_client)
