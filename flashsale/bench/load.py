@@ -66,6 +66,7 @@ class LatencyMeter:
     latencies_ms: list[int] = field(default_factory=list)
     decided: int = 0
     repeated: int = 0
+    since_ms: int = 0  # decisions of attempts made before this (a previous step's tail) are ignored
     _seen: set[str] = field(default_factory=set)
     first_ms: int = 0
     last_ms: int = 0
@@ -96,7 +97,7 @@ class LatencyMeter:
                 for m in msgs:
                     obj = orjson.loads(m.value)
                     for d in obj if isinstance(obj, list) else [obj]:
-                        if d["type"] in ("order.accepted", "order.rejected"):
+                        if d["type"] in ("order.accepted", "order.rejected") and d["ts"] >= self.since_ms:
                             order_id = d["data"]["order_id"]
                             if order_id in self._seen:
                                 self.repeated += 1

@@ -17,7 +17,8 @@ SALES = [(f"bench-s{i}", f"bench-sku-{i}") for i in range(8)]
 async def run_rate(stack: BenchStack, rate: float, duration: float, drain_s: float = 15.0,
                    sales: list[tuple[str, str]] = SALES) -> dict[str, Any]:
     names = TopicNames(stack.prefix)
-    meter = LatencyMeter(stack.bootstrap, names.decisions)
+    # Tansu's end offsets can lag the true end: the meter may start inside the previous step's tail
+    meter = LatencyMeter(stack.bootstrap, names.decisions, since_ms=int(time.time() * 1000))
     await meter.start()
     sampler = ProcSampler({n: p.pid for n, p in stack.procs.items()})
     sampler.start()

@@ -33,11 +33,6 @@ def room_series(room_id: str) -> str:
     return room_base(room_id) + ":sec"
 
 
-def room_dedupe(room_id: str, stream: str, partition: int, minute: int) -> str:
-    """Set: event ids applied from one (stream, partition) in one event-time minute."""
-    return f"{room_base(room_id)}:dd:{stream}:{partition}:{minute}"
-
-
 def room_hll(room_id: str, stage: str, channel: str = ALL, sku: str = ALL) -> str:
     """HyperLogLog: distinct users of a funnel stage over the whole stream."""
     return f"{room_base(room_id)}:u:{STAGE_CODES[stage]}:{channel}:{sku}"

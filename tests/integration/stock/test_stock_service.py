@@ -298,3 +298,27 @@ async def test_an_op_failing_inside_the_script_leaves_stock_consistent(redis_cli
     assert held == {"u1": 1, "u2": 1}
     await svc.handle(batch)  # replay
     assert await sale_state(redis_client) == st
+
+
+async def test_stock_adjusted_restocks_and_removes_never_below_available(redis_client: aioredis.Redis) -> None:
+    from schemas.events import StockAdjusted, make_event
+
+    def adjust(delta: int, eid: str) -> Event:
+        return make_event(StockAdjusted(sale_id="s1", sku="sku-1", delta=delta), event_id=eid, ts=T0 + 50,
+                          room_id="room-1", user_id="host")
+
+    sink, metrics = Sink(), WorkerMetrics()
+    svc = StockService(StockGateway(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000))
+    await svc.handle(records([sale_opened(allotment=2), order("a", "u1", T0 + 1), order("b", "u2", T0 + 2)]))
+    st = await sale_state(redis_client)
+    assert (st["available"], st["soldout"]) == ("0", "1")
+    await svc.handle(records([adjust(3, "adj-1"), order("c", "u3", T0 + 60)]))  # restock clears the flag
+    st = await sale_state(redis_client)
+    assert (st["allotted"], st["available"], st["reserved"], st["soldout"]) == ("5", "2", "3", "0")
+    assert {d["data"]["order_id"] for d in sink.decisions("order.accepted")} == {"a", "b", "c"}
+    await svc.handle(records([adjust(-10, "adj-2")]))  # removes only what is available
+    st = await sale_state(redis_client)
+    assert (st["allotted"], st["available"], st["reserved"], st["sold"], st["soldout"]) == ("3", "0", "3", "0", "1")
+    await svc.handle(records([adjust(3, "adj-1"), adjust(-10, "adj-2")]))  # replays change nothing
+    assert await sale_state(redis_client) == st
+    assert len(sink.decisions("sale.sold_out")) == 1  # sold out once, whatever came back in between
