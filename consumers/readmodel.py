@@ -261,7 +261,8 @@ async def room_funnel(redis: Any, room_id: str, channel: str | None, now_ms: int
     """Distinct users per funnel stage (HyperLogLog, about 0.8% standard error), orders, GMV, AOV,
     over the whole stream and the last five event-time minutes. Viewers have no SKU: with ``sku``
     set, the viewers stage is the channel's viewers. Minute windows are kept per channel (all
-    SKUs) only: with ``sku`` set, ``windows["5m"]`` is None."""
+    SKUs) and per SKU (all channels): with both ``channel`` and ``sku`` set, ``windows["5m"]`` is
+    None."""
     if channel is not None and channel not in CHANNELS:
         raise ValueError(f"unknown channel {channel!r}")
     ch = channel or keys.ALL
@@ -270,7 +271,7 @@ async def room_funnel(redis: Any, room_id: str, channel: str | None, now_ms: int
     now_min = max(now_ms, nall) // 60_000
     minutes = list(range(now_min - WINDOW_MINUTES + 1, now_min + 1))
     mfields = [f"o:{ch}:{sk}", f"p:{ch}:{sk}", f"g:{ch}:{sk}"]
-    windowed = sku is None
+    windowed = sku is None or channel is None
     skus = sorted(_s(x) for x in await redis.smembers(keys.room_skus(room_id)))
     pipe = redis.pipeline(transaction=False)
     for stage in keys.STAGES:

@@ -161,6 +161,19 @@ def check(sale_id: str, log: SaleLog, sale: dict[str, str], orders: dict[str, di
     if by_state["reserved"] != n["reserved"] or by_state["sold"] != n["sold"]:
         problems.append(f"recount from orders: reserved {by_state['reserved']} sold {by_state['sold']} "
                         f"!= sale hash reserved {n['reserved']} sold {n['sold']}")
+    sold = {o for o, r in redis_accepted.items() if r["s"] == "sold"}
+    unpaid = sold - log.paid
+    if unpaid:
+        problems.append(f"{len(unpaid)} orders sold without an order.paid in the log, e.g. {sorted(unpaid)[:3]}")
+    stuck = {o for o in log.paid & set(log.accepted) if redis_accepted.get(o, {}).get("s") == "reserved"}
+    if stuck:
+        problems.append(f"{len(stuck)} paid orders still reserved (payment lost), e.g. {sorted(stuck)[:3]}")
+    if int(sale.get("paid", "0") or 0) != len(sold):
+        problems.append(f"paid counter {sale.get('paid', '0')} != {len(sold)} sold orders")
+    held_by_log = sum(q for o, q in log.accepted.items() if o not in log.expired)
+    if held_by_log > n["allotted"]:
+        problems.append(f"oversold by the log: {held_by_log} units accepted and not released > allotted "
+                        f"{n['allotted']}")
     released = {o for o, r in redis_accepted.items() if r["s"] in ("expired", "cancelled")}
     missing = released - log.expired
     if missing:

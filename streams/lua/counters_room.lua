@@ -82,7 +82,7 @@ end
 -- Key names are cached per (stage, channel, SKU[, minute]): building strings per event is the
 -- script's main cost. Whole stream: viewers by (ch, *) and (*, *); SKU stages by (ch, sku) only,
 -- the reader unions them (PFCOUNT of several keys) for a channel, a SKU or the room. Minute
--- windows: (ch, *) and (*, *) only. Every distinct key costs a PFADD per call, so the channel x
+-- windows: (ch, *), (*, *) and (*, sku): a channel's window or a SKU's, not a channel's SKU. Every distinct key costs a PFADD per call, so the channel x
 -- SKU product is written once, not seven times.
 local combo_cache, whole_cache, minute_cache = {}, {}, {}
 local function combos(ch, sku)
@@ -110,7 +110,8 @@ local function minute_keys(code, ch, sku, minute)
   local v = c[sku]
   if v == nil then
     local pre = B .. ':uw:' .. minute .. ':' .. code .. ':'
-    v = {pre .. ch .. ':*', pre .. '*:*'}
+    if sku == '*' then v = {pre .. ch .. ':*', pre .. '*:*'}
+    else v = {pre .. ch .. ':*', pre .. '*:*', pre .. '*:' .. sku} end
     c[sku] = v
   end
   return v
@@ -128,7 +129,8 @@ local function money(code, ch, sku, n, minute, in_window)
   if in_window then
     local w = tget(funw, minute)
     inc(w, code .. ':' .. cb[2], n)
-    inc(w, code .. ':' .. cb[4], n)
+    inc(w, code .. ':' .. cb[#cb], n)
+    if sku ~= '*' then inc(w, code .. ':' .. cb[3], n) end
   end
 end
 
@@ -233,12 +235,20 @@ local closed = floor((nall - LATE) / 60000) - WMIN
 local wl = tonumber(cur[6]) or closed
 if closed > wl then
   if closed - wl > 30 then wl = closed - 30 end
+  local known = redis.call('SMEMBERS', SKUS)
   for m = wl, closed - 1 do
     local dels = {B .. ':fw:' .. m}
     for _, code in ipairs({'v', 'k', 'a', 'o', 'p'}) do
       for _, ch in ipairs(CHANS) do dels[#dels + 1] = B .. ':uw:' .. m .. ':' .. code .. ':' .. ch .. ':*' end
     end
     redis.call('DEL', unpack(dels))
+    for j = 1, #known, 500 do
+      local sk = {}
+      for x = j, math.min(j + 499, #known) do
+        for _, code in ipairs({'k', 'a', 'o', 'p'}) do sk[#sk + 1] = B .. ':uw:' .. m .. ':' .. code .. ':*:' .. known[x] end
+      end
+      redis.call('DEL', unpack(sk))
+    end
   end
   wl = closed
 end

@@ -93,6 +93,10 @@ async def test_kill_all_workers_and_restart_three_times(broker: Broker, aof_redi
             t0 = time.monotonic()
             ready = await group.start("a", "b")
             ready_s = time.monotonic() - t0
+            # Traffic may already wait at the hold with every sent attempt decided (the restarted
+            # workers drain a backlog in a second or two): let a few more through, so there is
+            # something to resume on whatever the timing.
+            traffic.release(300)
             resumed_s = await _resumed(rc, sales, before)
             rounds.append({"killed_ms": int(killed_at * 1000), "restart_ready_s": round(ready_s, 2),
                            "decisions_resumed_after_ready_s": round(resumed_s, 2),

@@ -424,6 +424,13 @@ class Traffic:
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
         self.ledger.finished_ms = now_ms()
 
+    def release(self, n: int) -> None:
+        """Let ``n`` more attempts through the hold; the hold keeps the rest back until it is set."""
+        self.hold_at = min(self.total, max(self.hold_at, self.sent) + n)
+        if self.hold is not None and not self.hold.is_set():
+            self.hold.set()  # wakes a waiting run(); it stops again at the new hold_at
+            self.hold.clear()
+
     async def reached(self, fraction: float, timeout: float = 120.0) -> None:
         """Wait until ``fraction`` of the attempts has been published."""
         async with self._progress:

@@ -99,3 +99,45 @@ async def test_expiry_and_dead_letters_through_kafka(broker: Broker, worker: Wor
     assert {d["data"]["order_id"] for d in decisions if d["type"] == "order.expired"} == {"a", "b"}
     st = await sale_state(redis_client)
     assert (st["available"], st["reserved"], st["sold"], st["expired"]) == ("2", "0", "0", "2")
+
+
+def run_audit_cli(broker: Broker, redis_url: str, prefix: str) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "flashsale", "audit", "--broker", f"kafka://{broker.bootstrap}",
+                           "--redis", redis_url, "--prefix", prefix],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+async def test_audit_cli_passes_a_healthy_sale_and_fails_a_tampered_one(
+        broker: Broker, worker: WorkerHandle, topic_prefix: str, redis_client: aioredis.Redis,
+        redis_server: RedisServer) -> None:
+    """`flashsale audit` prints a table and exits 0 on a sale with an early attempt, a sell-out, a
+    payment and a refused payment; it exits 1 once Redis says an order was sold that nobody paid."""
+    from tests.integration.stock.helpers import paid
+
+    names = TopicNames(topic_prefix)
+    now = int(time.time() * 1000)
+    await produce_events(broker.bootstrap, topic_prefix, [order("early", "u0", now - 500)])  # before the sale
+    await read_topic(broker.bootstrap, names.decisions, lambda xs: answered(xs) >= {"early"}, timeout=60)
+    await produce_events(broker.bootstrap, topic_prefix, [
+        sale_opened(allotment=2, ttl_s=3600, ts=now, starts=now - 1000, ends=now + 600_000),
+        order("a", "u1", now + 1), order("b", "u2", now + 2), order("c", "u3", now + 3)])
+    await read_topic(broker.bootstrap, names.decisions, lambda xs: answered(xs) >= {"a", "b", "c"}, timeout=60)
+    await produce_events(broker.bootstrap, topic_prefix, [paid("a", "u1", now + 10), paid("c", "u3", now + 11)])
+    await read_topic(broker.bootstrap, names.dead_letter, lambda xs: len(xs) >= 1, timeout=60)  # c: not accepted
+    st = await sale_state(redis_client)
+    assert (st["allotted"], st["available"], st["reserved"], st["sold"]) == ("2", "0", "1", "1")
+    assert (st["attempts"], st["rej_sale_not_active"], st["rej_sold_out"]) == ("4", "1", "1")
+
+    rc, out = run_audit_cli(broker, redis_server.url, topic_prefix)
+    assert rc == 0, out
+    assert "s1" in out and "OK" in out and "1 sales audited, 0 with differences" in out
+
+    rec = orjson.loads(await redis_client.hget(rk.sale_orders("s1"), "b"))
+    await redis_client.hset(rk.sale_orders("s1"), "b", orjson.dumps({**rec, "s": "sold"}))
+    rc, out = run_audit_cli(broker, redis_server.url, topic_prefix)
+    assert rc == 1, out
+    assert "DIFF" in out and "sold without an order.paid" in out

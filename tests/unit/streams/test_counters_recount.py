@@ -598,9 +598,21 @@ async def test_readmodel_snapshot_sale_and_funnel(redis_client: aioredis.Redis, 
     assert close(ch_stages["viewers"], len(truth.stage_users[("viewers", ch, "*")]))
     assert close(ch_stages["clickers"], len(truth.stage_users[("clickers", ch, "k1")]))
     assert f_ch["gmv"] == truth.money[("g", ch, "k1")]
-    assert f_ch["windows"]["5m"] is None  # minute windows are per channel, all SKUs
+    assert f_ch["windows"]["5m"] is None  # minute windows are per channel or per SKU, not both
     f_sku = await readmodel.room_funnel(redis_client, "r1", None, now, sku="k1")
-    assert f_sku["windows"]["5m"] is None and f_sku["gmv"] == truth.money[("g", "*", "k1")]
+    assert f_sku["gmv"] == truth.money[("g", "*", "k1")]
+    # the SKU's last five minutes, all channels: clickers, carters, orderers counted from the events
+    first = now // 60_000 - 4
+    kinds = {"clickers": "product.clicked", "carters": "cart.added", "orderers": "order.placed"}
+    sku_recent = {s["stage"]: s["users"] for s in f_sku["windows"]["5m"]["stages"]}
+    for stage_name, type_ in kinds.items():
+        exact = {e.user_id for e in scenario.events if e.room_id == "r1" and e.type == type_
+                 and getattr(e.data, "sku", None) == "k1" and e.ts // 60_000 >= first
+                 and e.event_id not in scenario.late | scenario.too_old}
+        assert exact and close(sku_recent[stage_name], len(exact)), stage_name
+    recent_orders = [e for e in scenario.events if e.room_id == "r1" and e.type == "order.placed"
+                     and e.data.sku == "k1" and e.ts // 60_000 >= first]  # type: ignore[attr-defined]
+    assert f_sku["windows"]["5m"]["orders"] == len(recent_orders)
     f_share = await readmodel.room_funnel(redis_client, "r1", ch, now)
     recent_share = {e.user_id for e in scenario.events
                     if e.room_id == "r1" and e.channel == ch and e.type == "product.clicked"
