@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -20,7 +21,8 @@ async def run_rate(stack: BenchStack, rate: float, duration: float, drain_s: flo
     # Tansu's end offsets can lag the true end: the meter may start inside the previous step's tail
     meter = LatencyMeter(stack.bootstrap, names.decisions, since_ms=int(time.time() * 1000))
     await meter.start()
-    sampler = ProcSampler({n: p.pid for n, p in stack.procs.items()})
+    # this process is the load generator and the decision reader: it shares the cores, so it is measured
+    sampler = ProcSampler({**{n: p.pid for n, p in stack.procs.items()}, "loadgen": os.getpid()})
     sampler.start()
     started = time.monotonic()
     await drive(stack.bootstrap, names, sales, rate, duration, start_n=int(time.time() * 1000) * 10)  # unique ids

@@ -433,3 +433,32 @@ async def test_abuse_all_at_once_leaves_a_well_behaved_client_unharmed(gateway: 
     await asyncio.sleep(0.5)
     assert sorted(i["event_id"] for i in items) == sorted(want)
     assert await total_records(broker.bootstrap, {"orders": topics["orders"]}) == 0
+
+
+async def test_with_a_real_worker_orders_are_decided_then_sold_out_is_409(
+        gateway: GatewayFactory, broker: Broker, topics: dict[str, str], topic_prefix: str, worker: Any,
+        redis_client: aioredis.Redis) -> None:
+    """The whole ordering path: POST → orders topic → the stock worker → decision back to the HTTP
+    client; the sell-out flag the worker's script sets turns the next POST into a 409 at the door."""
+    import time
+
+    from schemas.events import SaleOpened
+
+    now = int(time.time() * 1000)
+    async with Publisher(broker.bootstrap, topic_prefix=topic_prefix) as pub:
+        await pub.publish(make_event(SaleOpened(sale_id="sale-9", sku="sku-1", price=990, allotment=2,
+                                                per_user_limit=1, starts_at=now - 1000, ends_at=now + 600_000,
+                                                reservation_ttl_s=600),
+                                     event_id="open-sale-9", ts=now, room_id="room-1", user_id="host"))
+    async with gateway(decision_timeout_ms=20_000, soldout_cache_ms=50) as gw:
+        answers = [await gw.post("/v1/sales/sale-9/orders", order_body(order_id=o, user_id=u))
+                   for o, u in (("a", "u1"), ("b", "u1"), ("c", "u2"))]
+        assert [(s, b["outcome"], b["reason"]) for s, b, _ in answers] == [
+            (200, "accepted", None), (200, "rejected", "limit_exceeded"), (200, "accepted", None)]
+        for _ in range(100):  # the flag is in Redis once the worker's script ran
+            if await redis_client.hget(redis_keys.sale("sale-9"), "soldout") == b"1":
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)  # past the gateway's 50 ms sold-out cache
+        status, body, _ = await gw.post("/v1/sales/sale-9/orders", order_body(order_id="d", user_id="u3"))
+        assert status == 409 and body["error"] == "sold_out"
