@@ -88,11 +88,11 @@ class StockGateway:
         out: dict[str, SaleBatchResult] = {}
         for i, sale_id in enumerate(sales):
             res, drained = raw[2 * i], raw[2 * i + 1]
+            leased = [] if isinstance(drained, Exception) else list(drained)
             if isinstance(res, Exception):
-                out[sale_id] = SaleBatchResult(None, res, [] if isinstance(drained, Exception) else list(drained))
+                out[sale_id] = SaleBatchResult(None, res, leased)
             else:
-                out[sale_id] = SaleBatchResult(orjson.loads(res), None,
-                                               [] if isinstance(drained, Exception) else list(drained))
+                out[sale_id] = SaleBatchResult(orjson.loads(res), None, leased)
         return out
 
     async def ack_outbox(self, items_by_sale: dict[str, list[bytes]]) -> None:

@@ -104,13 +104,17 @@ class StockService:
         for op, (event, rec) in zip(ops, srcs, strict=True):
             single = (await self.gateway.apply({sale_id: [op]}, self.clock()))[sale_id]
             if single.results is None:
-                out.reject(bad(0, "handler_error", f"stock script failed: {single.error}",
-                               orjson.dumps(event.to_dict())), rec, self.metrics)
+                self._reject_failed(event, rec, single.error, out)
                 results.append({"op": "failed"})
             else:
                 results.extend(single.results)
                 outbox.extend(single.outbox)
         return SaleBatchResult(results, None, outbox)
+
+    def _reject_failed(self, event: Event, rec: Record, error: Any, out: Outbound) -> None:
+        """Dead-letter an event the stock script failed on (handler_error), with the error."""
+        out.reject(bad(0, "handler_error", f"stock script failed: {error}", orjson.dumps(event.to_dict())),
+                   rec, self.metrics)
 
     def _collect(self, res: SaleBatchResult, srcs: list[tuple[Event, Record]], out: Outbound) -> None:
         assert res.results is not None
@@ -127,8 +131,7 @@ class StockService:
             elif op == "error":  # this op raised inside the script; the batch's other ops applied
                 logger.warning("stock script failed on %s %s: %s", event.type, event.event_id, r.get("err"))
                 self.metrics.handler_errors.labels("stock").inc()
-                out.reject(bad(0, "handler_error", f"stock script failed: {r.get('err')}",
-                               orjson.dumps(event.to_dict())), rec, self.metrics)
+                self._reject_failed(event, rec, r.get("err"), out)
             else:
                 status = str(r.get("status"))
                 self.metrics.order_updates.labels(op, status).inc()

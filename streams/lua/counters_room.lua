@@ -82,8 +82,9 @@ end
 -- Key names are cached per (stage, channel, SKU[, minute]): building strings per event is the
 -- script's main cost. Whole stream: viewers by (ch, *) and (*, *); SKU stages by (ch, sku) only,
 -- the reader unions them (PFCOUNT of several keys) for a channel, a SKU or the room. Minute
--- windows: (ch, *), (*, *) and (*, sku): a channel's window or a SKU's, not a channel's SKU. Every distinct key costs a PFADD per call, so the channel x
--- SKU product is written once, not seven times.
+-- windows: (ch, *), (*, *) and (*, sku): a channel's window or a SKU's, not a channel's SKU.
+-- Every distinct key costs a PFADD per call, so the channel x SKU product is written once, not
+-- seven times.
 local combo_cache, whole_cache, minute_cache = {}, {}, {}
 local function combos(ch, sku)
   local c = tget(combo_cache, ch)
