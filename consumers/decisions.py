@@ -7,20 +7,17 @@ import contextlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas import redis_keys
+from schemas import keys
 from schemas.codec import decode_record
 from schemas.events import Event, OrderAccepted, OrderRejected
+from schemas.order_record import OrderRecordError, parse_order_record
 
 logger = logging.getLogger(__name__)
-
-ACCEPTED_STATES: Final = frozenset({"reserved", "sold", "expired", "cancelled"})
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -57,26 +54,20 @@ def decision_from_event(event: Event) -> Decision | None:
 
 
 def decision_from_record(sale_id: str, order_id: str, raw: bytes | str) -> Decision | None:
-    """Parse the stock script's order record (see schemas.redis_keys.sale_orders); None if unreadable."""
+    """The decision an order record of the stock script holds (``schemas.order_record``); None if unreadable."""
     try:
-        rec = orjson.loads(raw)
-        state = str(rec["s"])
-        qty = int(rec.get("q") or 0)
-        deadline = int(rec.get("d") or 0)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        rec = parse_order_record(raw)
+    except OrderRecordError as exc:
         logger.warning("unreadable order record for sale %s order %s: %s", sale_id, order_id, exc)
         return None
-    if state == "rejected":
-        return Decision(order_id, sale_id, "rejected", str(rec.get("r") or "") or None, state, qty, None)
-    if state not in ACCEPTED_STATES:
-        logger.warning("order record for sale %s order %s has unknown state %r", sale_id, order_id, state)
-        return None
-    return Decision(order_id, sale_id, "accepted", None, state, qty, deadline or None)
+    if not rec.accepted:
+        return Decision(order_id, sale_id, "rejected", rec.reason or None, rec.state, rec.qty, None)
+    return Decision(order_id, sale_id, "accepted", None, rec.state, rec.qty, rec.reserved_until or None)
 
 
 async def read_decision(redis: Any, sale_id: str, order_id: str) -> Decision | None:
     """The order's current decision from the sale's orders hash; None while it is pending or unknown."""
-    raw = await redis.hget(redis_keys.sale_orders(sale_id), order_id)
+    raw = await redis.hget(keys.sale_orders(sale_id), order_id)
     if raw is None:
         return None
     return decision_from_record(sale_id, order_id, raw)

@@ -13,9 +13,8 @@ from typing import Any, Final
 
 import orjson
 
-from schemas import redis_keys as rk
+from schemas import keys
 from schemas.events import CHANNELS, REJECT_REASONS
-from streams.counters import keys
 
 SERIES_S: Final = 300
 RATE_S: Final = 10
@@ -57,7 +56,7 @@ def _ratio(num: float, den: float, digits: int = 4) -> float:
 
 async def list_rooms(redis: Any, now_ms: int, limit: int = 50) -> list[dict[str, Any]]:
     """The most recently active rooms, newest first, with their viewers online now."""
-    rows = await redis.zrevrange(rk.rooms_index(), 0, max(0, limit - 1), withscores=True)
+    rows = await redis.zrevrange(keys.rooms_index(), 0, max(0, limit - 1), withscores=True)
     if not rows:
         return []
     rooms = [(_s(room), int(score)) for room, score in rows]
@@ -135,7 +134,7 @@ async def room_snapshot(redis: Any, room_id: str, now_ms: int) -> dict[str, Any]
     pipe.zcount(keys.room_online(room_id), now - _i(h.get("stale"), DEFAULT_STALE_MS), "+inf")
     pipe.hmget(keys.room_series(room_id), series_fields)
     pipe.pfcount(keys.room_hll(room_id, "viewers"))
-    pipe.smembers(rk.room_sales(room_id))
+    pipe.smembers(keys.room_sales(room_id))
     online, series_raw, unique_viewers, sale_ids = await pipe.execute()
 
     n = SERIES_S
@@ -189,7 +188,7 @@ async def sale_view(redis: Any, sale_id: str, now_ms: int) -> dict[str, Any] | N
     """A sale's stock (from the stock core's hash), rates, sell-out timing; None when unknown."""
     base = keys.sale_base(sale_id)
     pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(rk.sale(sale_id))
+    pipe.hgetall(keys.sale(sale_id))
     pipe.hmget(base, "nall", "attempts", "accepted", "accepted_units")
     stock_raw, mine = await pipe.execute()
     if not stock_raw and mine[0] is None:

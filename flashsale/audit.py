@@ -18,9 +18,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from flashsale.env import ConfigError, Env, bootstrap_servers
-from schemas import redis_keys as rk
+from schemas import keys as rk
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import Event
+from schemas.order_record import OrderRecord, parse_order_record
 from schemas.topics import TopicNames
 
 
@@ -132,7 +133,7 @@ def fold(inputs: Iterable[Event], outputs: Iterable[Event], skipped: set[str] | 
     return sales
 
 
-def check(sale_id: str, log: SaleLog, sale: dict[str, str], orders: dict[str, dict[str, Any]],
+def check(sale_id: str, log: SaleLog, sale: dict[str, str], orders: dict[str, OrderRecord],
           limit_by_user: dict[str, int]) -> SaleAudit:
     problems: list[str] = []
     n = {k: int(sale.get(k, "0") or 0) for k in ("allotted", "available", "reserved", "sold", "attempts",
@@ -151,21 +152,21 @@ def check(sale_id: str, log: SaleLog, sale: dict[str, str], orders: dict[str, di
         problems.append(f"{len(both)} orders both accepted and rejected")
     if log.attempts != n["attempts"]:
         problems.append(f"attempts: log {log.attempts} != redis {n['attempts']}")
-    redis_accepted = {o: r for o, r in orders.items() if r["s"] != "rejected"}
+    redis_accepted = {o: r for o, r in orders.items() if r.accepted}
     if set(redis_accepted) != set(log.accepted) or len(log.accepted) != n["accepted"]:
         problems.append(f"accepted: log {len(log.accepted)}, redis counter {n['accepted']}, "
                         f"redis orders {len(redis_accepted)}")
     by_state: dict[str, int] = defaultdict(int)
     for r in redis_accepted.values():
-        by_state[r["s"]] += int(r["q"])
+        by_state[r.state] += r.qty
     if by_state["reserved"] != n["reserved"] or by_state["sold"] != n["sold"]:
         problems.append(f"recount from orders: reserved {by_state['reserved']} sold {by_state['sold']} "
                         f"!= sale hash reserved {n['reserved']} sold {n['sold']}")
-    sold = {o for o, r in redis_accepted.items() if r["s"] == "sold"}
+    sold = {o for o, r in redis_accepted.items() if r.state == "sold"}
     unpaid = sold - log.paid
     if unpaid:
         problems.append(f"{len(unpaid)} orders sold without an order.paid in the log, e.g. {sorted(unpaid)[:3]}")
-    stuck = {o for o in log.paid & set(log.accepted) if redis_accepted.get(o, {}).get("s") == "reserved"}
+    stuck = {o for o in log.paid & set(log.accepted) if o in redis_accepted and redis_accepted[o].state == "reserved"}
     if stuck:
         problems.append(f"{len(stuck)} paid orders still reserved (payment lost), e.g. {sorted(stuck)[:3]}")
     if int(sale.get("paid", "0") or 0) != len(sold):
@@ -174,7 +175,7 @@ def check(sale_id: str, log: SaleLog, sale: dict[str, str], orders: dict[str, di
     if held_by_log > n["allotted"]:
         problems.append(f"oversold by the log: {held_by_log} units accepted and not released > allotted "
                         f"{n['allotted']}")
-    released = {o for o, r in redis_accepted.items() if r["s"] in ("expired", "cancelled")}
+    released = {o for o, r in redis_accepted.items() if r.released}
     missing = released - log.expired
     if missing:
         problems.append(f"{len(missing)} released reservations without an order.expired event")
@@ -209,12 +210,12 @@ async def audit(bootstrap: str, redis_url: str, prefix: str, cluster: bool = Fal
             if only and sale_id != only:
                 continue
             sale = {_s(k): _s(v) for k, v in (await client.hgetall(rk.sale(sale_id))).items()}  # type: ignore[misc]
-            orders = {_s(k): orjson.loads(v)
+            orders = {_s(k): parse_order_record(v)
                       for k, v in (await client.hgetall(rk.sale_orders(sale_id))).items()}  # type: ignore[misc]
             held: dict[str, int] = defaultdict(int)
             for r in orders.values():
-                if r["s"] in ("reserved", "sold"):
-                    held[r["u"]] += int(r["q"])
+                if r.holds_units:
+                    held[r.user_id] += r.qty
             results.append(check(sale_id, logs.get(sale_id, SaleLog()), sale, orders, held))
     finally:
         await client.aclose()

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from schemas import redis_keys as rk
+from schemas import keys as rk
 from streams.metrics import WorkerMetrics
 from streams.redis_client import AnyRedis, LuaScript, run_pipeline
 

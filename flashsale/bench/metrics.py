@@ -33,8 +33,8 @@ from aiokafka import AIOKafkaProducer
 from flashsale.bench.procstats import ProcSampler
 from flashsale.bench.stack import BenchStack, make_stack
 from flashsale.embedded import ManagedProcess, StackError, free_port, python_module
+from schemas import keys
 from schemas.topics import TopicNames
-from streams.counters import keys
 
 Log = Callable[[str], None]
 MIX = (("viewer.liked", 45), ("product.clicked", 15), ("cart.added", 15), ("viewer.joined", 10),

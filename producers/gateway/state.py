@@ -22,7 +22,7 @@ from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.ratelimit import TokenBucketLimiter
 from producers.gateway.settings import GatewaySettings
 from producers.sdk import Publisher
-from schemas import redis_keys
+from schemas import keys
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class SoldOutCache:
         value = False
         try:
             self.lookups += 1
-            raw = await self._redis.hget(redis_keys.sale(sale_id), "soldout")
+            raw = await self._redis.hget(keys.sale(sale_id), "soldout")
             value = raw in (b"1", "1")
             if len(self._entries) >= self._max_sales:
                 now = self._clock()

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from consumers.decisions import Decision, decision_from_record
-from schemas import redis_keys
+from schemas import keys
 from schemas.events import Event, OrderPlaced
 from schemas.topics import logical_topic
 
@@ -161,7 +161,7 @@ class Runner:
         for sale_id, oids in stale.items():
             oids = oids[:2000]
             try:
-                raws = await self.redis.hmget(redis_keys.sale_orders(sale_id), oids)
+                raws = await self.redis.hmget(keys.sale_orders(sale_id), oids)
             except (RedisError, OSError) as exc:
                 logger.warning("cannot read decisions from Redis, relying on the decisions topic: %s", exc)
                 self.redis = None

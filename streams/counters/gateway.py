@@ -11,9 +11,8 @@ from typing import Any
 
 import orjson
 
-from schemas import redis_keys as rk
+from schemas import keys
 from schemas.events import CHANNELS
-from streams.counters import keys
 from streams.counters.params import CounterParams
 from streams.counters.rollups import Ops
 from streams.metrics import WorkerMetrics
@@ -111,12 +110,12 @@ class CountersGateway:
             return {}
         rooms = list(groups)
         header = self._room_header(stream, spike_field, spike_window_s)
-        index = rk.rooms_index()
+        index = keys.rooms_index()
 
         def build(pipe: Any) -> None:
             for room_id in rooms:
                 ops = groups[room_id]
-                self.room.queue(pipe, [keys.room_base(room_id), rk.room_sales(room_id)],
+                self.room.queue(pipe, [keys.room_base(room_id), keys.room_sales(room_id)],
                                 header + [orjson.dumps(ops.rows)])
             newest = max(groups[room_id].max_ts for room_id in rooms)
             pipe.zadd(index, {room_id: groups[room_id].max_ts for room_id in rooms}, gt=True)
@@ -137,7 +136,7 @@ class CountersGateway:
 
         def build(pipe: Any) -> None:
             for sale_id in sales:
-                self.sale.queue(pipe, [keys.sale_base(sale_id), rk.sale_orders(sale_id)],
+                self.sale.queue(pipe, [keys.sale_base(sale_id), keys.sale_orders(sale_id)],
                                 header + [orjson.dumps(groups[sale_id].rows)])
 
         results = await self._run("counters_sale", build)

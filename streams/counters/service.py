@@ -10,10 +10,10 @@ from dataclasses import dataclass, field, replace
 
 import orjson
 
+from schemas import keys
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import SpikeDetected, make_event
 from schemas.topics import ALERTS, DECISIONS, ENGAGEMENT, ORDERS, logical_topic
-from streams.counters import keys
 from streams.counters.gateway import ApplyResult, CountersGateway, SpikeStore
 from streams.counters.params import CounterParams
 from streams.counters.rollups import (

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from consumers import readmodel
 from flashsale.embedded import ManagedProcess, free_port, python_module
-from schemas import redis_keys as rk
+from schemas import keys as rk
 from tests.conftest import WorkerHandle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]

@@ -17,9 +17,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from flashsale.audit import audit
-from schemas import redis_keys as rk
+from schemas import keys
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES
 from schemas.events import OrderPlaced, make_event
+from schemas.order_record import OrderRecord, parse_order_record
 from tests.faults.traffic import PRICE, ROOM_FIELDS, Ledger, SaleSpec, Traffic, now_ms
 
 
@@ -100,11 +101,11 @@ def answered(items: list[Item]) -> set[tuple[str, str]]:
 
 
 async def sale_hash(client: aioredis.Redis, sale_id: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in (await client.hgetall(rk.sale(sale_id))).items()}
+    return {k.decode(): v.decode() for k, v in (await client.hgetall(keys.sale(sale_id))).items()}
 
 
-async def order_records(client: aioredis.Redis, sale_id: str) -> dict[str, dict[str, Any]]:
-    return {k.decode(): orjson.loads(v) for k, v in (await client.hgetall(rk.sale_orders(sale_id))).items()}
+async def order_records(client: aioredis.Redis, sale_id: str) -> dict[str, OrderRecord]:
+    return {k.decode(): parse_order_record(v) for k, v in (await client.hgetall(keys.sale_orders(sale_id))).items()}
 
 
 # --- the pass criteria ------------------------------------------------------------------------
@@ -163,14 +164,14 @@ async def check_stock(client: aioredis.Redis, ledger: Ledger, sales: list[SaleSp
         held: Counter[str] = Counter()
         units: Counter[str] = Counter()
         for order_id, r in records.items():
-            if r["s"] == "rejected":
+            if not r.accepted:
                 assert order_id not in acc, f"{sid}/{order_id} rejected in Redis, accepted in the log"
                 continue
-            assert order_id in acc, f"{sid}/{order_id} accepted in Redis ({r['s']}), not in the log"
-            assert int(r["q"]) == acc[order_id]["data"]["qty"] and r["u"] == acc[order_id]["user_id"]
-            units[r["s"]] += int(r["q"])
-            if r["s"] in ("reserved", "sold"):
-                held[r["u"]] += int(r["q"])
+            assert order_id in acc, f"{sid}/{order_id} accepted in Redis ({r.state}), not in the log"
+            assert r.qty == acc[order_id]["data"]["qty"] and r.user_id == acc[order_id]["user_id"]
+            units[r.state] += r.qty
+            if r.holds_units:
+                held[r.user_id] += r.qty
         assert units["reserved"] == n["reserved"] and units["sold"] == n["sold"], (sid, dict(units), n)
         assert not [u for u, q in held.items() if q > n["per_user_limit"]], f"{sid}: a user over the limit"
         out[sid] = n
@@ -213,7 +214,6 @@ async def check_dead_letters(bootstrap: str, topic: str, ledger: Ledger, timeout
 async def check_counters(client: aioredis.Redis, ledger: Ledger, timeout: float = 60.0,
                          fields: tuple[str, ...] = ROOM_FIELDS) -> dict[str, int]:
     """Every valid engagement event and order attempt reflected in its room's totals exactly once."""
-    from streams.counters import keys
 
     async def actual() -> dict[str, dict[str, int]]:
         out = {}
@@ -248,7 +248,7 @@ async def probe(traffic: Traffic, client: aioredis.Redis, sales: list[SaleSpec],
     pending = {s.sale_id: f"{tag}-{s.sale_id}" for s in probes}
     while pending and time.monotonic() < deadline:
         for sale_id, order_id in list(pending.items()):
-            if await client.hexists(rk.sale_orders(sale_id), order_id):
+            if await client.hexists(keys.sale_orders(sale_id), order_id):
                 del pending[sale_id]
         if pending:
             await asyncio.sleep(0.1)

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from schemas import redis_keys as rk
+from schemas import keys as rk
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES
 from schemas.topics import TopicNames
 from tests.faults.checks import (

@@ -100,7 +100,7 @@ async def test_counters_keep_valid_events_next_to_a_failing_event(broker: Broker
                                                                   rc: aioredis.Redis, topic_prefix: str,
                                                                   topics: dict[str, str],
                                                                   group_factory: Any) -> None:
-    from streams.counters import keys
+    from schemas import keys
 
     sale = await _batch_with_a_faulty_event(broker, topic_prefix, group_factory)
     for _ in range(100):  # bounded: 10 s for the stock core to decide the three valid attempts

@@ -120,24 +120,24 @@ async def test_unpaid_reservations_are_released(broker: Broker, aof_redis: AofRe
             continue
         for order_id, r in (await order_records(rc, sale.sale_id)).items():
             key = (sale.sale_id, order_id)
-            if r["s"] == "rejected":
+            if not r.accepted:
                 continue
             assert key in payer.accepted, f"{key} accepted in Redis, never seen accepted by the payer"
             if key in payer.paid:
                 paid_at = payer.paid[key]
-                pay_delay.append(paid_at - (int(r["d"]) - TTL_S * 1000))
-                assert r["s"] in ("sold", "expired"), (key, r)
-                if r["s"] == "sold":
+                pay_delay.append(paid_at - (r.reserved_until - TTL_S * 1000))
+                assert r.state in ("sold", "expired"), (key, r)
+                if r.state == "sold":
                     sold_orders += 1
                 else:
                     # A payment applied after the sweeper released the order is a late payment
                     # (counted, units stay free); one sent with PAY_MARGIN_MS to spare must not be.
                     late_payments += 1
-                    assert paid_at > int(r["d"]) - PAY_MARGIN_MS, f"{key} paid {int(r['d']) - paid_at} ms " \
+                    assert paid_at > r.reserved_until - PAY_MARGIN_MS, f"{key} paid {r.reserved_until - paid_at} ms " \
                                                                    "before its deadline, yet released"
             else:
-                assert r["s"] == "expired", f"unpaid order {key} is {r['s']}"
-                lateness.append(int(r["x"]) - int(r["d"]))
+                assert r.state == "expired" and r.settled_at is not None, f"unpaid order {key} is {r.state}"
+                lateness.append(r.settled_at - r.reserved_until)
     assert lateness, "some reservations went unpaid"
     worst_s = max(lateness) / 1000
     assert min(lateness) >= 0, "a reservation was released before its deadline"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from schemas import redis_keys as rk
+from schemas import keys as rk
 from schemas.topics import TopicNames
 from tests.conftest import Broker
 from tests.faults.checks import first_decision_after, longest_pause, record

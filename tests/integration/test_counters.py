@@ -18,10 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from consumers import readmodel
 from consumers.api import add_api_routes
-from schemas import redis_keys as rk
+from schemas import keys
 from schemas.events import OrderPlaced, SaleOpened, ViewerJoined, make_event
 from schemas.topics import TopicNames
-from streams.counters import keys
 from tests.conftest import Broker, WorkerHandle, start_worker
 from tests.kafka_util import produce_events, produce_raw, read_topic
 from tests.unit.streams.test_counters_recount import (
@@ -197,7 +196,7 @@ async def test_read_api(redis_client: aioredis.Redis) -> None:
         body = await resp.json()
         assert resp.status == 200 and body["channel"] == "share_link" and body["sku"] == "k1"
         assert [s["stage"] for s in body["stages"]] == ["viewers", "clickers", "carters", "orderers", "payers"]
-        await redis_client.hset(rk.sale("s1"), mapping={"sale_id": "s1", "allotted": 40, "available": 3})
+        await redis_client.hset(keys.sale("s1"), mapping={"sale_id": "s1", "allotted": 40, "available": 3})
         resp = await client.get("/api/sales/s1")
         assert resp.status == 200 and (await resp.json())["available"] == 3
         for path in ("/api/rooms/nope/snapshot", "/api/rooms/nope/funnel", "/api/sales/nope"):

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from consumers.decisions import Decision, DecisionWaiter, decision_from_event, decision_from_record, read_decision
 from producers.sdk import Publisher
-from schemas import redis_keys
+from schemas import keys
 from schemas.events import Event, OrderAccepted, OrderExpired, OrderRejected, SaleSoldOut, ViewerLiked, make_event
 from tests.conftest import Broker
 
@@ -71,7 +71,7 @@ def test_decision_from_events() -> None:
 
 @pytest.mark.integration
 async def test_read_decision_from_redis(redis_client: aioredis.Redis) -> None:
-    key = redis_keys.sale_orders("sale-1")
+    key = keys.sale_orders("sale-1")
     assert await read_decision(redis_client, "sale-1", "o-1") is None
     await redis_client.hset(key, mapping={"o-1": record("reserved"), "o-2": record("rejected", r="sold_out"),
                                           "o-3": b"garbage"})
@@ -135,7 +135,7 @@ async def test_waiter_falls_back_to_redis(broker: Broker, topics: dict[str, str]
 
         async def decide_later() -> None:
             await asyncio.sleep(0.2)
-            await redis_client.hset(redis_keys.sale_orders("sale-1"), "o-9", record("sold"))
+            await redis_client.hset(keys.sale_orders("sale-1"), "o-9", record("sold"))
 
         task = asyncio.create_task(decide_later())
         d = await waiter.wait("sale-1", "o-9", 10)

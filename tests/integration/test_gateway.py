@@ -26,7 +26,7 @@ from producers.gateway.settings import GatewaySettings
 from producers.gateway.state import GatewayState
 from producers.sdk import Publisher
 from producers.settings import PublisherSettings
-from schemas import redis_keys
+from schemas import keys
 from schemas.codec import decode_record
 from schemas.events import OrderAccepted, make_event
 from tests.conftest import Broker, RedisServer
@@ -250,7 +250,7 @@ async def test_rate_limit(gateway: GatewayFactory, broker: Broker, topics: dict[
 
 async def test_sold_out_answers_409_without_kafka(gateway: GatewayFactory, broker: Broker, topics: dict[str, str],
                                                   redis_client: aioredis.Redis) -> None:
-    await redis_client.hset(redis_keys.sale("sale-1"), mapping={"sale_id": "sale-1", "sku": "sku-1", "available": "0",
+    await redis_client.hset(keys.sale("sale-1"), mapping={"sale_id": "sale-1", "sku": "sku-1", "available": "0",
                                                                 "soldout": "1", "status": "open"})
     async with gateway(soldout_cache_ms=60_000) as gw:
         results = await asyncio.gather(*(gw.post("/v1/sales/sale-1/orders", order_body(order_id=f"o-{i}"))
@@ -276,7 +276,7 @@ async def test_order_pending_then_status_from_redis(gateway: GatewayFactory, bro
         assert status == 404 and body["status"] == "pending"
         record = {"s": "reserved", "u": "u-1", "q": 2, "p": 990, "d": TS + 300_000, "e": "x", "r": "", "t": TS,
                   "k": "sku-1"}
-        await redis_client.hset(redis_keys.sale_orders("sale-2"), "ord-7", orjson.dumps(record))
+        await redis_client.hset(keys.sale_orders("sale-2"), "ord-7", orjson.dumps(record))
         status, body, _ = await gw.get("/v1/sales/sale-2/orders/ord-7")
         assert status == 200
         assert body == {"order_id": "ord-7", "sale_id": "sale-2", "outcome": "accepted", "reason": None,
@@ -456,7 +456,7 @@ async def test_with_a_real_worker_orders_are_decided_then_sold_out_is_409(
         assert [(s, b["outcome"], b["reason"]) for s, b, _ in answers] == [
             (200, "accepted", None), (200, "rejected", "limit_exceeded"), (200, "accepted", None)]
         for _ in range(100):  # the flag is in Redis once the worker's script ran
-            if await redis_client.hget(redis_keys.sale("sale-9"), "soldout") == b"1":
+            if await redis_client.hget(keys.sale("sale-9"), "soldout") == b"1":
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.1)  # past the gateway's 50 ms sold-out cache

@@ -12,7 +12,7 @@ from aiokafka.partitioner import murmur2
 
 from flashsale.embedded import free_port
 from producers.sdk import BatchValidationError, DecisionTimeout, Publisher, PublishError, order_event_id
-from schemas import redis_keys
+from schemas import keys
 from schemas.codec import decode_record
 from schemas.events import CartAdded, Event, OrderPlaced, ValidationError, ViewerLiked, make_event
 from schemas.topics import TopicNames, partition_key
@@ -153,7 +153,7 @@ async def test_place_order_answers_from_redis(broker: Broker, redis_server: Redi
                                               topic_prefix: str, redis_client: aioredis.Redis) -> None:
     record = {"s": "reserved", "u": "u-1", "q": 2, "p": 100, "d": 1_700_000_300_000, "e": "x", "r": "", "t": 1,
               "k": "sku-9"}
-    await redis_client.hset(redis_keys.sale_orders("sale-9"), "ord-2", orjson.dumps(record))
+    await redis_client.hset(keys.sale_orders("sale-9"), "ord-2", orjson.dumps(record))
     async with Publisher(broker.bootstrap, topic_prefix=topic_prefix, redis_url=redis_server.url) as pub:
         decision = await pub.place_order(sale_id="sale-9", sku="sku-9", user_id="u-1", room_id="room-1", qty=2,
                                          unit_price=100, order_id="ord-2", timeout=5)

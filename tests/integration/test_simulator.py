@@ -23,8 +23,9 @@ from producers.simulation.plan import build_plan
 from producers.simulation.plan_types import Plan
 from producers.simulation.runner import Runner
 from producers.simulation.settings import get_settings
-from schemas import redis_keys
+from schemas import keys
 from schemas.events import OrderPlaced
+from schemas.order_record import parse_order_record
 from schemas.topics import TopicNames
 from tests.conftest import Broker, WorkerHandle, start_worker
 from tests.kafka_util import read_topic
@@ -102,8 +103,8 @@ async def test_feedback_pays_exactly_the_accepted_orders(broker: Broker, worker:
     assert stats.mode == "feedback" and not stats.fell_back and stats.undecided == 0
     assert stats.decided == stats.orders_sent == exp.attempts
 
-    records = await redis_client.hgetall(redis_keys.sale_orders(sale.sale_id))
-    states = {k.decode(): orjson.loads(v)["s"] for k, v in records.items()}
+    records = await redis_client.hgetall(keys.sale_orders(sale.sale_id))
+    states = {k.decode(): parse_order_record(v).state for k, v in records.items()}
     assert len(states) == exp.attempts
     accepted = {oid for oid, s in states.items() if s != "rejected"}
     assert stats.accepted == len(accepted) > 0
@@ -117,7 +118,7 @@ async def test_feedback_pays_exactly_the_accepted_orders(broker: Broker, worker:
     assert set(paid) == {oid for oid in accepted if intents[oid].action == "pay"}, "paid iff accepted and paying"
     assert cancelled == {oid for oid in accepted if intents[oid].action == "cancel"}
     assert all(e["data"]["amount"] == intents[oid].qty * intents[oid].unit_price for oid, e in paid.items())
-    sale_hash = {k.decode(): v.decode() for k, v in (await redis_client.hgetall(redis_keys.sale(sale.sale_id))).items()}
+    sale_hash = {k.decode(): v.decode() for k, v in (await redis_client.hgetall(keys.sale(sale.sale_id))).items()}
     assert int(sale_hash["sold"]) <= int(sale_hash["allotted"]) == params.allotment
     assert int(sale_hash["attempts"]) == exp.attempts
 

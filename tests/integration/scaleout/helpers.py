@@ -18,8 +18,9 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas import redis_keys as rk
+from schemas import keys as rk
 from schemas.events import Event
+from schemas.order_record import parse_order_record
 from schemas.topics import TopicNames
 from tests.conftest import WorkerHandle
 from tests.integration.stock.helpers import order, sale_opened
@@ -255,7 +256,7 @@ async def check_sales(b: MultiBurst, decisions: list[dict[str, Any]], sale_state
         assert held == dict(units), f"{sale_id}: the users hash holds exactly the accepted units"
         orders = await read_hash(rk.sale_orders(sale_id))
         assert set(orders) == mine, f"{sale_id}: one order record per attempt"
-        states_seen = Counter(json.loads(v)["s"] for v in orders.values())
+        states_seen = Counter(parse_order_record(v).state for v in orders.values())
         assert states_seen["reserved"] == n["accepted"] and states_seen["rejected"] == len(mine) - n["accepted"]
     return states
 

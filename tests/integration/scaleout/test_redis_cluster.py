@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from schemas import redis_keys as rk
+from schemas import keys as rk
 from schemas.events import Event
 from streams.metrics import WorkerMetrics
 from streams.state import StockGateway, _sale_keys

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from schemas import redis_keys as rk
+from schemas import keys as rk
 from schemas.topics import TopicNames
 from tests.conftest import Broker
 from tests.integration.scaleout.helpers import (

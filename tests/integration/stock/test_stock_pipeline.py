@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from flashsale.audit import audit
-from schemas import redis_keys as rk
+from schemas import keys as rk
 from schemas.topics import TopicNames
 from tests.conftest import Broker, RedisServer, WorkerHandle, start_worker
 from tests.integration.stock.helpers import burst, order, sale_opened

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from schemas import redis_keys as rk
+from schemas import keys as rk
 from schemas.codec import encode_batch, encode_event
 from schemas.events import Event
 from streams.emit import Record

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from consumers.dashboard.server import STATIC_DIR, create_app
 from consumers.dashboard.settings import DashboardSettings
 from flashsale.embedded import free_port
-from schemas import redis_keys as rk
+from schemas import keys as rk
 from schemas.codec import encode_batch
 from schemas.events import OrderPlaced, SaleOpened, ViewerJoined, ViewerLiked, make_event
 from schemas.topics import DECISIONS, ENGAGEMENT, ORDERS

@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from consumers import readmodel
-from schemas import redis_keys as rk
+from schemas import keys
 from schemas.codec import encode_batch
 from schemas.events import (
     CHANNELS,
@@ -41,7 +41,6 @@ from schemas.events import (
     make_event,
 )
 from schemas.topics import DECISIONS, ENGAGEMENT, ORDERS, logical_topic, partition_key
-from streams.counters import keys
 from streams.counters.gateway import CountersGateway
 from streams.counters.params import CounterParams
 from streams.counters.service import CountersService
@@ -241,9 +240,9 @@ async def write_stock_orders(client: aioredis.Redis, sc: Scenario) -> None:
     for oid, (q, p) in sc.prices.items():
         sale_id = "s1" if any(e.event_id == f"place-{oid}" and e.data.sale_id == "s1"  # type: ignore[attr-defined]
                               for e in sc.events if e.type == "order.placed") else "s2"
-        await client.hset(rk.sale_orders(sale_id), oid, orjson.dumps({"s": "reserved", "q": q, "p": p}))
+        await client.hset(keys.sale_orders(sale_id), oid, orjson.dumps({"s": "reserved", "q": q, "p": p}))
     for oid, (sale_id, state) in sc.refused.items():
-        await client.hset(rk.sale_orders(sale_id), oid, orjson.dumps({"s": state, "q": 1, "p": 100}))
+        await client.hset(keys.sale_orders(sale_id), oid, orjson.dumps({"s": state, "q": 1, "p": 100}))
 
 
 # --- the reference ---------------------------------------------------------------------------------
@@ -452,9 +451,9 @@ async def assert_matches_reference(redis_client: aioredis.Redis, scenario: Scena
                 got = buckets.get(sec, ["0", "0", "0"])
                 assert (int(got[0]), int(got[1])) == (c["attempts"], c["accepted"]), (sale_id, sec)
         assert all(sec >= newest_s - PARAMS.sale_series_keep_s for sec in buckets)  # trimmed
-    assert set(await redis_client.smembers(rk.room_sales("r1"))) == {b"s1"}
-    assert set(await redis_client.smembers(rk.room_sales("r2"))) == {b"s2"}
-    index = dict(await redis_client.zrange(rk.rooms_index(), 0, -1, withscores=True))
+    assert set(await redis_client.smembers(keys.room_sales("r1"))) == {b"s1"}
+    assert set(await redis_client.smembers(keys.room_sales("r2"))) == {b"s2"}
+    index = dict(await redis_client.zrange(keys.rooms_index(), 0, -1, withscores=True))
     assert index[b"r1"] == max(e.ts for e in scenario.events if e.room_id == "r1" and e.type != "order.accepted")
 
 
@@ -566,7 +565,7 @@ async def test_readmodel_snapshot_sale_and_funnel(redis_client: aioredis.Redis, 
     assert [s["sale_id"] for s in snap["sales"]] == ["s1"]
 
     # the sale view joins the stock core's hash (written here as the stock script would) with rates
-    await redis_client.hset(rk.sale("s1"), mapping={
+    await redis_client.hset(keys.sale("s1"), mapping={
         "sale_id": "s1", "sku": "k1", "room_id": "r1", "price": 1999, "allotted": 40, "available": 0,
         "reserved": 10, "sold": 30, "status": "open", "opened_at": T0 + 60_000, "sold_out_at": T0 + 64_500,
         "attempts": 999, "accepted": 25, "rej_sold_out": 900, "rej_limit_exceeded": 74})
