@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,dev]'
+	@# ajv (the JavaScript JSON Schema validator) checks the shipped schemas in the tests
+	@if command -v npm >/dev/null 2>&1; then npm install --silent --no-audit --no-fund --prefix $(VENV)/node ajv-cli@5.0.0 >/dev/null; \
+	else echo "npm not found: the ajv schema test will fail (apt-get install npm)"; fi
 	@touch $(STAMP)
 
 venv: $(STAMP)

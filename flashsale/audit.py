@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from flashsale.env import ConfigError, Env, bootstrap_servers
+from kernel.env import ConfigError, Env, bootstrap_servers
 from schemas import keys as rk
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import Event
@@ -195,7 +195,7 @@ async def audit(bootstrap: str, redis_url: str, prefix: str, cluster: bool = Fal
                 only: str | None = None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> list[SaleAudit]:
     """Audit every sale. Records over ``max_record_bytes`` (the worker's FLASHSALE_MAX_RECORD_BYTES)
     and events dead-lettered with handler_error were never applied, so they are not expected in Redis."""
-    from streams.redis_client import connect
+    from kernel.redis import connect
 
     names = TopicNames(prefix)
     inputs, outputs, letters = await asyncio.gather(

@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import sys
 
-from flashsale.env import ConfigError
-from flashsale.kafka_admin import ensure_topics
+from kernel.env import ConfigError
+from kernel.kafka_admin import ensure_topics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,13 +10,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from consumers.decisions import Decision, DecisionWaiter
-from schemas.events import Event, OrderPlaced, ValidationError, make_event, parse_event
+from schemas.codec import encode_event
+from schemas.events import Event, OrderPlaced, ValidationError, check_event, make_event, parse_event
 from schemas.topics import TopicNames, partition_key
 
 if TYPE_CHECKING:
@@ -94,20 +94,12 @@ class Record:
 
 
 def prepare(item: Event | dict[str, Any]) -> Prepared:
-    """Validate one event (an Event is re-checked: it may have been built without make_event) and encode it."""
+    """Validate one event, once, and encode it (an Event is checked too: Structs do not check when built)."""
     if isinstance(item, Event):
-        try:
-            obj = item.to_dict()
-        except (AttributeError, KeyError, TypeError) as exc:
-            raise ValidationError("data", f"not a payload record: {exc}") from None
-        event = parse_event(obj)
+        event = check_event(item)
     else:
         event = parse_event(item)
-    try:
-        raw = orjson.dumps(event.to_dict())
-    except TypeError as exc:  # e.g. integers beyond 64 bits
-        raise ValidationError("", f"cannot encode as JSON: {exc}") from None
-    return Prepared(event, raw)
+    return Prepared(event, encode_event(event))
 
 
 def prepare_all(items: Iterable[Event | dict[str, Any]]) -> tuple[list[Prepared], list[ItemError]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from flashsale.env import ConfigError, Env, bootstrap_servers
+from kernel.env import ConfigError, Env, bootstrap_servers
 
 COMPRESSIONS = ("none", "gzip", "lz4", "zstd", "snappy")
 ACKS = ("all", "-1", "0", "1")

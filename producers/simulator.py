@@ -14,7 +14,8 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from flashsale.env import ConfigError
+from kernel.env import ConfigError
+from kernel.log import configure_logging
 from producers.simulation.expected import expected
 from producers.simulation.model import SimulationParams
 from producers.simulation.plan import MAX_RUN_ID_LEN, build_plan
@@ -138,7 +139,7 @@ def summary(plan: Plan, stats: RunStats, wall_s: float) -> dict[str, Any]:
 
 async def simulate(args: argparse.Namespace, settings: SimulatorSettings) -> int:
     from consumers.decisions import DecisionWaiter
-    from flashsale.kafka_admin import ensure_topics
+    from kernel.kafka_admin import ensure_topics
     from producers.sdk import Publisher
     from schemas.topics import TopicNames
 
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = N
         print(f"flashsale simulate: {exc}", file=sys.stderr)
         return 2
     args = parse(argv, settings)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         params_from(args)
     except ValueError as exc:

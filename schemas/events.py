@@ -1,16 +1,37 @@
-"""Event envelope and payload records, with a strict, dependency-free validator."""
+"""The event contract: envelope and payloads as msgspec Structs, a tagged union on ``type``."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, get_type_hints
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, Union
+
+import msgspec
+from msgspec import Meta, Struct
 
 CHANNELS: Final = ("live_room", "community_group", "mini_program", "share_link", "other")
 REJECT_REASONS: Final = ("sold_out", "limit_exceeded", "sale_not_active", "duplicate", "invalid")
+EXPIRY_CAUSES: Final = ("ttl", "cancelled")
 MAX_ID_LEN: Final = 128
 MAX_TEXT_LEN: Final = 2000
+# Integers every reader carries exactly: Redis Lua's cjson prints 14 significant digits, and
+# JavaScript's Number is exact below 2**53; money, counts and quantities stay below 10**14.
+MAX_EXACT: Final = 10**14 - 1
+# Event times are epoch milliseconds between 2000-01-01 and 2100-01-01: a time in seconds
+# (about 1.7e9 today) is far below the floor and is refused with a message that says so.
+EPOCH_MS_MIN: Final = 946_684_800_000
+EPOCH_MS_MAX: Final = 4_102_444_800_000
+
+Channel: TypeAlias = Literal["live_room", "community_group", "mini_program", "share_link", "other"]
+RejectReason: TypeAlias = Literal["sold_out", "limit_exceeded", "sale_not_active", "duplicate", "invalid"]
+Id: TypeAlias = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
+MaybeEmptyId: TypeAlias = Annotated[str, Meta(max_length=MAX_ID_LEN)]
+EpochMs: TypeAlias = Annotated[int, Meta(ge=EPOCH_MS_MIN, le=EPOCH_MS_MAX,
+                                         description="epoch milliseconds (UTC), 2000-01-01 to 2100-01-01")]
+Money: TypeAlias = Annotated[int, Meta(ge=0, le=MAX_EXACT, description="integer minor units (fen/cents)")]
+Count: TypeAlias = Annotated[int, Meta(ge=0, le=MAX_EXACT)]
+Qty: TypeAlias = Annotated[int, Meta(ge=1, le=10_000)]
+Rate: TypeAlias = Annotated[float, Meta(ge=0, le=1e15)]
 
 
 class ValidationError(ValueError):
@@ -22,330 +43,282 @@ class ValidationError(ValueError):
         self.message = message
 
 
-def _f(**meta: Any) -> Any:
-    return field(metadata=meta)
-
-
-def _opt(default: Any = None, **meta: Any) -> Any:
-    return field(default=default, metadata=meta)
-
-
 # --- payloads --------------------------------------------------------------------------
 # Money is integer minor units (fen/cents); times are epoch milliseconds; quantities ints.
+# Fields equal to their default are left out of the encoded JSON (omit_defaults); pipeline
+# outputs have no defaults, so every field of an output is always written.
 
 
-@dataclass(frozen=True, slots=True)
-class Payload:
+class Payload(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """Base for payloads; subclasses declare ``TYPE``."""
 
     TYPE: ClassVar[str] = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ViewerJoined(Payload):
+class ViewerJoined(Payload, frozen=True):
     TYPE: ClassVar[str] = "viewer.joined"
-    session_id: str | None = _opt(max_len=MAX_ID_LEN)
+    session_id: Id | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ViewerLeft(Payload):
+class ViewerLeft(Payload, frozen=True):
     TYPE: ClassVar[str] = "viewer.left"
-    session_id: str | None = _opt(max_len=MAX_ID_LEN)
+    session_id: Id | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ViewerLiked(Payload):
+class ViewerLiked(Payload, frozen=True):
     TYPE: ClassVar[str] = "viewer.liked"
-    count: int = _opt(1, min=1, max=10_000)
+    count: Qty = 1
 
 
-@dataclass(frozen=True, slots=True)
-class ViewerCommented(Payload):
+class ViewerCommented(Payload, frozen=True):
     TYPE: ClassVar[str] = "viewer.commented"
-    text: str = _opt("", max_len=MAX_TEXT_LEN, allow_empty=True)
+    text: Annotated[str, Meta(max_length=MAX_TEXT_LEN)] = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ViewerShared(Payload):
+class ViewerShared(Payload, frozen=True):
     TYPE: ClassVar[str] = "viewer.shared"
-    target: str | None = _opt(enum=CHANNELS)
+    target: Channel | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ProductClicked(Payload):
+class ProductClicked(Payload, frozen=True):
     TYPE: ClassVar[str] = "product.clicked"
-    sku: str = _f(max_len=MAX_ID_LEN)
+    sku: Id
 
 
-@dataclass(frozen=True, slots=True)
-class CartAdded(Payload):
+class CartAdded(Payload, frozen=True):
     TYPE: ClassVar[str] = "cart.added"
-    sku: str = _f(max_len=MAX_ID_LEN)
-    qty: int = _opt(1, min=1, max=10_000)
+    sku: Id
+    qty: Qty = 1
 
 
-@dataclass(frozen=True, slots=True)
-class CartRemoved(Payload):
+class CartRemoved(Payload, frozen=True):
     TYPE: ClassVar[str] = "cart.removed"
-    sku: str = _f(max_len=MAX_ID_LEN)
-    qty: int = _opt(1, min=1, max=10_000)
+    sku: Id
+    qty: Qty = 1
 
 
-@dataclass(frozen=True, slots=True)
-class SaleOpened(Payload):
+class SaleOpened(Payload, frozen=True):
     TYPE: ClassVar[str] = "sale.opened"
-    sale_id: str = _f(max_len=MAX_ID_LEN)
-    sku: str = _f(max_len=MAX_ID_LEN)
-    price: int = _f(min=0)
-    allotment: int = _f(min=0, max=100_000_000)
-    per_user_limit: int = _f(min=1, max=10_000)
-    starts_at: int = _f(min=0)
-    ends_at: int = _f(min=0)
-    reservation_ttl_s: int = _opt(300, min=1, max=86_400)
+    RULE: ClassVar[str] = "ends_at must be greater than starts_at."
+    sale_id: Id
+    sku: Id
+    price: Money
+    allotment: Annotated[int, Meta(ge=0, le=100_000_000)]
+    per_user_limit: Qty
+    starts_at: EpochMs
+    ends_at: EpochMs
+    reservation_ttl_s: Annotated[int, Meta(ge=1, le=86_400)] = 300
+
+    def __post_init__(self) -> None:
+        if self.ends_at <= self.starts_at:
+            raise ValidationError("data.ends_at", "must be after starts_at")
 
 
-@dataclass(frozen=True, slots=True)
-class SaleClosed(Payload):
+class SaleClosed(Payload, frozen=True):
     TYPE: ClassVar[str] = "sale.closed"
-    sale_id: str = _f(max_len=MAX_ID_LEN)
-    sku: str = _f(max_len=MAX_ID_LEN)
+    sale_id: Id
+    sku: Id
 
 
-@dataclass(frozen=True, slots=True)
-class StockAdjusted(Payload):
+class StockAdjusted(Payload, frozen=True):
     TYPE: ClassVar[str] = "stock.adjusted"
-    sale_id: str = _f(max_len=MAX_ID_LEN)
-    sku: str = _f(max_len=MAX_ID_LEN)
-    delta: int = _f(min=-100_000_000, max=100_000_000)
-    reason: str = _opt("", max_len=200, allow_empty=True)
+    sale_id: Id
+    sku: Id
+    delta: Annotated[int, Meta(ge=-100_000_000, le=100_000_000)]
+    reason: Annotated[str, Meta(max_length=200)] = ""
 
 
-@dataclass(frozen=True, slots=True)
-class OrderPlaced(Payload):
+class OrderPlaced(Payload, frozen=True):
     TYPE: ClassVar[str] = "order.placed"
-    order_id: str = _f(max_len=MAX_ID_LEN)
-    sale_id: str = _f(max_len=MAX_ID_LEN)
-    sku: str = _f(max_len=MAX_ID_LEN)
-    qty: int = _f(min=1, max=10_000)
-    unit_price: int = _f(min=0)
+    order_id: Id
+    sale_id: Id
+    sku: Id
+    qty: Qty
+    unit_price: Money
 
 
-@dataclass(frozen=True, slots=True)
-class OrderPaid(Payload):
+class OrderPaid(Payload, frozen=True):
     TYPE: ClassVar[str] = "order.paid"
-    order_id: str = _f(max_len=MAX_ID_LEN)
-    sale_id: str = _f(max_len=MAX_ID_LEN)
-    sku: str = _f(max_len=MAX_ID_LEN)
-    amount: int | None = _opt(min=0)
+    order_id: Id
+    sale_id: Id
+    sku: Id
+    amount: Money | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class OrderCancelled(Payload):
+class OrderCancelled(Payload, frozen=True):
     TYPE: ClassVar[str] = "order.cancelled"
-    order_id: str = _f(max_len=MAX_ID_LEN)
-    sale_id: str = _f(max_len=MAX_ID_LEN)
-    sku: str = _f(max_len=MAX_ID_LEN)
+    order_id: Id
+    sale_id: Id
+    sku: Id
 
 
 # --- pipeline outputs ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class OrderAccepted(Payload):
+class OrderAccepted(Payload, frozen=True):
     TYPE: ClassVar[str] = "order.accepted"
-    order_id: str = _f(max_len=MAX_ID_LEN)
-    sale_id: str = _f(max_len=MAX_ID_LEN)
-    sku: str = _f(max_len=MAX_ID_LEN)
-    qty: int = _f(min=1)
-    unit_price: int = _f(min=0)
-    reserved_until: int = _f(min=0)
+    order_id: Id
+    sale_id: Id
+    sku: Id
+    qty: Annotated[int, Meta(ge=1, le=MAX_EXACT)]
+    unit_price: Money
+    reserved_until: EpochMs
 
 
-@dataclass(frozen=True, slots=True)
-class OrderRejected(Payload):
+class OrderRejected(Payload, frozen=True):
     TYPE: ClassVar[str] = "order.rejected"
-    order_id: str = _f(max_len=MAX_ID_LEN)
-    sale_id: str = _f(max_len=MAX_ID_LEN, allow_empty=True)
-    sku: str = _f(max_len=MAX_ID_LEN, allow_empty=True)
-    qty: int = _f(min=0)
-    reason: str = _f(enum=REJECT_REASONS)
-    detail: str = _opt("", max_len=500, allow_empty=True)
+    order_id: Id
+    sale_id: MaybeEmptyId
+    sku: MaybeEmptyId
+    qty: Count
+    reason: RejectReason
+    detail: Annotated[str, Meta(max_length=500)] = ""
 
 
-@dataclass(frozen=True, slots=True)
-class OrderExpired(Payload):
+class OrderExpired(Payload, frozen=True):
     TYPE: ClassVar[str] = "order.expired"
-    order_id: str = _f(max_len=MAX_ID_LEN)
-    sale_id: str = _f(max_len=MAX_ID_LEN)
-    sku: str = _f(max_len=MAX_ID_LEN)
-    qty: int = _f(min=1)
-    cause: str = _opt("ttl", enum=("ttl", "cancelled"))
+    order_id: Id
+    sale_id: Id
+    sku: Id
+    qty: Annotated[int, Meta(ge=1, le=MAX_EXACT)]
+    cause: Literal["ttl", "cancelled"]
 
 
-@dataclass(frozen=True, slots=True)
-class SaleSoldOut(Payload):
+class SaleSoldOut(Payload, frozen=True):
     TYPE: ClassVar[str] = "sale.sold_out"
-    sale_id: str = _f(max_len=MAX_ID_LEN)
-    sku: str = _f(max_len=MAX_ID_LEN)
-    sold_out_at: int = _f(min=0)
-    opened_at: int = _f(min=0)
-    allotted: int = _f(min=0)
+    sale_id: Id
+    sku: Id
+    sold_out_at: EpochMs
+    opened_at: EpochMs
+    allotted: Count
 
 
-@dataclass(frozen=True, slots=True)
-class SpikeDetected(Payload):
+class SpikeDetected(Payload, frozen=True):
     TYPE: ClassVar[str] = "spike.detected"
-    scope: str = _f(enum=("room", "sale"))
-    subject_id: str = _f(max_len=MAX_ID_LEN)
-    metric: str = _f(max_len=64)
-    rate: float = _f(min=0)
-    baseline: float = _f(min=0)
-    factor: float = _f(min=0)
-    window_s: int = _f(min=1)
+    scope: Literal["room", "sale"]
+    subject_id: Id
+    metric: Annotated[str, Meta(min_length=1, max_length=64)]
+    rate: Rate
+    baseline: Rate
+    factor: Rate
+    window_s: Annotated[int, Meta(ge=1, le=86_400)]
 
 
-PAYLOADS: Final[dict[str, type[Payload]]] = {
-    cls.TYPE: cls
-    for cls in (
-        ViewerJoined, ViewerLeft, ViewerLiked, ViewerCommented, ViewerShared, ProductClicked,
-        CartAdded, CartRemoved, SaleOpened, SaleClosed, StockAdjusted, OrderPlaced, OrderPaid,
-        OrderCancelled, OrderAccepted, OrderRejected, OrderExpired, SaleSoldOut, SpikeDetected,
-    )
-}
-INPUT_TYPES: Final = frozenset(PAYLOADS) - {
-    "order.accepted", "order.rejected", "order.expired", "sale.sold_out", "spike.detected",
-}
-OUTPUT_TYPES: Final = frozenset(PAYLOADS) - INPUT_TYPES
+_PAYLOAD_CLASSES: Final[tuple[type[Payload], ...]] = (
+    ViewerJoined, ViewerLeft, ViewerLiked, ViewerCommented, ViewerShared, ProductClicked,
+    CartAdded, CartRemoved, SaleOpened, SaleClosed, StockAdjusted, OrderPlaced, OrderPaid,
+    OrderCancelled, OrderAccepted, OrderRejected, OrderExpired, SaleSoldOut, SpikeDetected,
+)
+PAYLOADS: Final[dict[str, type[Payload]]] = {cls.TYPE: cls for cls in _PAYLOAD_CLASSES}
+OUTPUT_TYPES: Final = frozenset({"order.accepted", "order.rejected", "order.expired", "sale.sold_out",
+                                 "spike.detected"})
+INPUT_TYPES: Final = frozenset(PAYLOADS) - OUTPUT_TYPES
 SUPPORTED_VERSIONS: Final[dict[str, frozenset[int]]] = {t: frozenset({1}) for t in PAYLOADS}
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """The versioned envelope every event travels in."""
+# --- the envelope ----------------------------------------------------------------------
 
-    type: str
-    event_id: str
-    ts: int
-    room_id: str
-    user_id: str
+
+class Event(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True, tag_field="type"):
+    """The versioned envelope every event travels in; one subclass per type, tagged by ``type``."""
+
+    v: Literal[1]
+    event_id: Id
+    ts: EpochMs
+    room_id: Id
+    user_id: Id
+    channel: Channel = "other"
+    referrer_id: Id | None = None
     data: Payload
-    channel: str = "other"
-    referrer_id: str | None = None
-    v: int = 1
+
+    @property
+    def type(self) -> str:
+        return self.data.TYPE
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "type": self.type, "v": self.v, "event_id": self.event_id, "ts": self.ts,
-            "room_id": self.room_id, "user_id": self.user_id, "channel": self.channel,
-        }
-        if self.referrer_id is not None:
-            out["referrer_id"] = self.referrer_id
-        out["data"] = payload_to_dict(self.data)
+        """The event as JSON-ready builtins (what the wire carries, fields at their default left out)."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
         return out
 
 
-ENVELOPE_SPEC: Final[dict[str, dict[str, Any]]] = {
-    "type": {"enum": tuple(sorted(PAYLOADS))},
-    "v": {"min": 1},
-    "event_id": {"max_len": MAX_ID_LEN},
-    "ts": {"min": 0},
-    "room_id": {"max_len": MAX_ID_LEN},
-    "user_id": {"max_len": MAX_ID_LEN},
-    "channel": {"enum": CHANNELS},
-    "referrer_id": {"max_len": MAX_ID_LEN},
-}
+def _envelope(payload_cls: type[Payload]) -> type[Event]:
+    name = payload_cls.__name__ + "Event"
+    cls = msgspec.defstruct(name, [("data", payload_cls)], bases=(Event,), tag=payload_cls.TYPE,
+                            frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True,
+                            module=__name__)
+    assert issubclass(cls, Event)
+    return cls
+
+
+ENVELOPES: Final[dict[str, type[Event]]] = {t: _envelope(c) for t, c in PAYLOADS.items()}
+AnyEvent: TypeAlias = Union[tuple(ENVELOPES.values())]  # type: ignore[valid-type]  # noqa: UP007
 ENVELOPE_REQUIRED: Final = ("type", "v", "event_id", "ts", "room_id", "user_id", "data")
 
-
-@dataclass(frozen=True, slots=True)
-class FieldSpec:
-    name: str
-    kind: type  # int, str or float
-    optional: bool
-    required: bool
-    default: Any
-    meta: dict[str, Any]
+_EVENT_DECODER: Final = msgspec.json.Decoder(AnyEvent)
+_ENCODER: Final = msgspec.json.Encoder()
 
 
-def _specs(cls: type[Payload]) -> tuple[FieldSpec, ...]:
-    hints = get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        args = getattr(hint, "__args__", ())
-        optional = type(None) in args
-        kind = next(a for a in args if a is not type(None)) if args else hint
-        required = f.default is dataclasses.MISSING
-        out.append(FieldSpec(f.name, kind, optional, required, f.default, dict(f.metadata)))
-    return tuple(out)
+def new_event(payload: Payload, *, event_id: str, ts: int, room_id: str, user_id: str,
+              channel: str = "other", referrer_id: str | None = None) -> Event:
+    """Build an event without validating it: for values the pipeline made itself from valid input."""
+    cls = ENVELOPES[payload.TYPE]
+    return cls(v=1, event_id=event_id, ts=ts, room_id=room_id, user_id=user_id,
+               channel=channel, referrer_id=referrer_id, data=payload)  # type: ignore[arg-type]
 
 
-PAYLOAD_SPECS: Final[dict[str, tuple[FieldSpec, ...]]] = {t: _specs(c) for t, c in PAYLOADS.items()}
+def make_event(payload: Payload, *, event_id: str, ts: int, room_id: str, user_id: str,
+               channel: str = "other", referrer_id: str | None = None) -> Event:
+    """Build an event from a payload, validated the same way as decoded input."""
+    event = new_event(payload, event_id=event_id, ts=ts, room_id=room_id, user_id=user_id,
+                      channel=channel, referrer_id=referrer_id)
+    return check_event(event)
 
 
-def payload_to_dict(payload: Payload) -> dict[str, Any]:
-    return {s.name: getattr(payload, s.name) for s in PAYLOAD_SPECS[payload.TYPE]
-            if getattr(payload, s.name) is not None}
-
-
-def _check(name: str, value: Any, kind: type, meta: dict[str, Any]) -> None:
-    if kind is int:
-        if type(value) is not int:
-            raise ValidationError(name, f"expected integer, got {_jtype(value)}")
-    elif kind is float:
-        if type(value) not in (int, float):
-            raise ValidationError(name, f"expected number, got {_jtype(value)}")
-        if not math.isfinite(value):  # JSON has no NaN/Infinity; orjson would write null
-            raise ValidationError(name, f"must be a finite number; got {value}")
-    elif kind is str:
-        if type(value) is not str:
-            raise ValidationError(name, f"expected string, got {_jtype(value)}")
-        if not value and not meta.get("allow_empty"):
-            raise ValidationError(name, "must not be empty")
-        if len(value) > meta.get("max_len", MAX_TEXT_LEN):
-            raise ValidationError(name, f"longer than {meta.get('max_len', MAX_TEXT_LEN)} characters")
-    if "enum" in meta and value not in meta["enum"]:
-        raise ValidationError(name, f"must be one of {', '.join(meta['enum'])}; got {value!r}")
-    if "min" in meta and value < meta["min"]:
-        raise ValidationError(name, f"must be >= {meta['min']}; got {value}")
-    if "max" in meta and value > meta["max"]:
-        raise ValidationError(name, f"must be <= {meta['max']}; got {value}")
-
-
-def _jtype(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def parse_payload(type_: str, data: Any) -> Payload:
-    if not isinstance(data, dict):
-        raise ValidationError("data", f"expected object, got {_jtype(data)}")
-    specs = PAYLOAD_SPECS[type_]
-    known = {s.name for s in specs}
-    unknown = sorted(set(data) - known, key=str)  # key=str: Python callers may pass non-str keys
-    if unknown:
-        raise ValidationError(f"data.{unknown[0]}", f"unknown field for {type_}")
-    kwargs: dict[str, Any] = {}
-    for s in specs:
-        if s.name not in data:
-            if s.required:
-                raise ValidationError(f"data.{s.name}", "missing required field")
-            continue
-        value = data[s.name]
-        if value is None and s.optional:
-            continue
-        _check(f"data.{s.name}", value, s.kind, s.meta)
-        kwargs[s.name] = value
-    payload = PAYLOADS[type_](**kwargs)
-    if isinstance(payload, SaleOpened) and payload.ends_at <= payload.starts_at:
-        raise ValidationError("data.ends_at", "must be after starts_at")
-    return payload
+def check_event(event: Event) -> Event:
+    """Validate an event built in Python (Structs do not check constraints when constructed)."""
+    try:
+        raw = _ENCODER.encode(event)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError("", f"not encodable as JSON: {exc}") from None
+    try:
+        return _EVENT_DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise translate(exc, event.to_dict()) from None
 
 
 def parse_event(obj: Any) -> Event:
-    """Validate one decoded JSON object and build an :class:`Event`; raise ValidationError."""
+    """Validate one decoded JSON object (builtins) and build an :class:`Event`; raise ValidationError."""
     if not isinstance(obj, dict):
         raise ValidationError("", f"event must be a JSON object, got {_jtype(obj)}")
+    _precheck(obj)
+    try:
+        return msgspec.convert(obj, AnyEvent, strict=True)
+    except msgspec.ValidationError as exc:
+        raise translate(exc, obj) from None
+    except (TypeError, OverflowError):  # a Python int beyond 64 bits
+        raise ValidationError(_huge_int_field(obj), "number out of range") from None
+
+
+def _huge_int_field(obj: Mapping[str, Any], prefix: str = "") -> str:
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            if found := _huge_int_field(value, f"{prefix}{key}."):
+                return found
+        elif type(value) is int and not -(2**63) <= value < 2**64:
+            return f"{prefix}{key}"
+    return ""
+
+
+def _precheck(obj: Mapping[Any, Any]) -> None:
+    """Rules that must win over whatever msgspec would report first (checked only on the slow path)."""
+    for key in obj:
+        if type(key) is not str:
+            raise ValidationError(str(key)[:64], "unknown envelope field")
+    data = obj.get("data")
+    if isinstance(data, dict):
+        for key in data:
+            if type(key) is not str:
+                raise ValidationError(f"data.{str(key)[:64]}", "unknown field")
     if "type" not in obj:
         raise ValidationError("type", "missing required field")
     type_ = obj["type"]
@@ -353,37 +326,157 @@ def parse_event(obj: Any) -> Event:
         raise ValidationError("type", f"expected string, got {_jtype(type_)}")
     if type_ not in PAYLOADS:
         raise ValidationError("type", f"unknown event type {type_[:64]!r}")
-    if "v" in obj and type(obj["v"]) is int and obj["v"] not in SUPPORTED_VERSIONS[type_]:
-        raise ValidationError(
-            "v", f"unsupported schema version {obj['v']} for {type_} "
-            f"(supported: {sorted(SUPPORTED_VERSIONS[type_])})")
-    for name in ENVELOPE_REQUIRED:
-        if name not in obj:
-            raise ValidationError(name, "missing required field")
-    unknown = sorted(set(obj) - set(ENVELOPE_SPEC) - {"data"}, key=str)
-    if unknown:
-        raise ValidationError(str(unknown[0])[:64], "unknown envelope field")
-    for name, meta in ENVELOPE_SPEC.items():
-        if name == "type" or name not in obj:
-            continue
-        value = obj[name]
-        if name == "referrer_id" and value is None:
-            continue
-        _check(name, value, int if name in ("v", "ts") else str, meta)
-    if obj["v"] not in SUPPORTED_VERSIONS[type_]:
-        raise ValidationError(
-            "v", f"unsupported schema version {obj['v']} for {type_} "
-            f"(supported: {sorted(SUPPORTED_VERSIONS[type_])})")
-    return Event(
-        type=type_, v=obj["v"], event_id=obj["event_id"], ts=obj["ts"], room_id=obj["room_id"],
-        user_id=obj["user_id"], channel=obj.get("channel", "other"),
-        referrer_id=obj.get("referrer_id"), data=parse_payload(type_, obj["data"]),
-    )
+    v = obj.get("v")
+    if type(v) is int and v not in SUPPORTED_VERSIONS[type_]:
+        raise ValidationError("v", f"unsupported schema version {v} for {type_} "
+                                   f"(supported: {sorted(SUPPORTED_VERSIONS[type_])})")
 
 
-def make_event(payload: Payload, *, event_id: str, ts: int, room_id: str, user_id: str,
-               channel: str = "other", referrer_id: str | None = None) -> Event:
-    """Build an event from a payload (validated the same way as decoded input)."""
-    event = Event(type=payload.TYPE, event_id=event_id, ts=ts, room_id=room_id, user_id=user_id,
-                  channel=channel, referrer_id=referrer_id, data=payload)
-    return parse_event(event.to_dict())
+_MAX_REPORTED_FIELDS: Final = 32
+
+
+def all_errors(obj: Any) -> list[ValidationError]:
+    """Every invalid field of one event, not just the first: each error found is set aside (an unknown
+    or optional field dropped, a required one given a valid stand-in) and the event checked again."""
+    errors: list[ValidationError] = []
+    if not isinstance(obj, dict):
+        return [ValidationError("", f"event must be a JSON object, got {_jtype(obj)}")]
+    work = {k: (dict(v) if isinstance(v, dict) else v) for k, v in obj.items()}
+    for _ in range(_MAX_REPORTED_FIELDS):
+        try:
+            parse_event(work)
+            return errors
+        except ValidationError as err:
+            errors.append(err)
+            if err.field in ("", "type", "v") or not _set_aside(work, err):
+                return errors
+    return errors
+
+
+def _set_aside(work: dict[str, Any], err: ValidationError) -> bool:
+    parts = err.field.split(".")
+    target, name = (work, parts[0]) if len(parts) == 1 else (work.get("data"), parts[1])
+    if not isinstance(target, dict) or len(parts) > 2:
+        return False
+    cls: type[Struct] = PAYLOADS[work["type"]] if len(parts) == 2 else ENVELOPES[work["type"]]
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    if name not in fields or fields[name].default is not msgspec.NODEFAULT:
+        return target.pop(name, msgspec.UNSET) is not msgspec.UNSET or name not in fields
+    stand_in = _STAND_INS.get(name)
+    current = target.get(name)
+    if stand_in is None or (type(current) is type(stand_in) and current == stand_in):
+        return False
+    target[name] = stand_in
+    return True
+
+
+_STAND_INS: Final[dict[str, Any]] = {
+    "event_id": "x", "ts": EPOCH_MS_MIN, "room_id": "x", "user_id": "x", "data": {}, "order_id": "x",
+    "sale_id": "x", "sku": "x", "qty": 1, "unit_price": 0, "price": 0, "allotment": 0, "per_user_limit": 1,
+    "starts_at": EPOCH_MS_MIN, "ends_at": EPOCH_MS_MAX, "delta": 0, "reserved_until": EPOCH_MS_MIN,
+    "sold_out_at": EPOCH_MS_MIN, "opened_at": EPOCH_MS_MIN, "allotted": 0, "subject_id": "x", "metric": "x",
+    "rate": 0, "baseline": 0, "factor": 0, "window_s": 1, "scope": "room", "cause": "ttl",
+}
+
+
+# --- msgspec errors in the contract's words ----------------------------------------------
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_JSON_TYPES: Final = {"int": "integer", "str": "string", "float": "number", "bool": "boolean", "null": "null",
+                      "object": "object", "array": "array"}
+_TIME_FIELDS: Final = frozenset({"ts", "starts_at", "ends_at", "reserved_until", "sold_out_at", "opened_at"})
+
+
+def _jtype(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _dotted(path: str) -> tuple[int | None, str]:
+    """``[3].data.qty`` → (3, ``data.qty``); ``.data.qty`` → (None, ``data.qty``)."""
+    index = None
+    m = re.match(r"^\[(\d+)\]", path)
+    if m:
+        index = int(m.group(1))
+        path = path[m.end():]
+    return index, re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
+
+
+def _lookup(obj: Any, dotted: str) -> Any:
+    for part in dotted.split(".") if dotted else ():
+        if isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        else:
+            return msgspec.UNSET
+    return obj
+
+
+def _enum_values(obj: Any, dotted: str) -> tuple[str, ...]:
+    name = dotted.rsplit(".", 1)[-1]
+    if dotted == "channel" or name == "target":
+        return CHANNELS
+    if name == "reason":
+        return REJECT_REASONS
+    if name == "cause":
+        return EXPIRY_CAUSES
+    if name == "scope":
+        return ("room", "sale")
+    return ()
+
+
+def translate(exc: msgspec.ValidationError, obj: Any = None) -> ValidationError:
+    """A msgspec error as a ValidationError naming the dotted field, in the contract's words."""
+    m = _AT.match(str(exc))
+    assert m is not None
+    msg, path = m.group("msg"), m.group("path") or ""
+    _, field_name = _dotted(path)
+    value = _lookup(obj, field_name) if obj is not None else msgspec.UNSET
+    got = "" if value is msgspec.UNSET or isinstance(value, dict | list) else f"; got {value!r}"
+
+    if mm := re.match(r"Object missing required field `(\w+)`", msg):
+        return ValidationError(_join(field_name, mm.group(1)), "missing required field")
+    if mm := re.match(r"Object contains unknown field `(.*)`", msg, re.S):
+        name = mm.group(1)[:64]
+        if field_name:
+            type_ = obj.get("type") if isinstance(obj, dict) else None
+            return ValidationError(_join(field_name, name), f"unknown field for {type_}")
+        return ValidationError(name, "unknown envelope field")
+    if mm := re.match(r"Expected `(\w+)`(?: \| `null`)?, got `(\w+)`", msg):
+        want, have = _JSON_TYPES.get(mm.group(1), mm.group(1)), _JSON_TYPES.get(mm.group(2), mm.group(2))
+        if field_name == "":
+            return ValidationError("", f"event must be a JSON object, got {have}")
+        return ValidationError(field_name, f"expected {want}, got {have}")
+    if mm := re.match(r"Expected `(?:int|float)` (>=|<=) (\S+)", msg):
+        op, bound = mm.group(1), mm.group(2)
+        text = f"must be {op} {bound}{got}"
+        if op == ">=" and field_name.rsplit(".", 1)[-1] in _TIME_FIELDS and isinstance(value, int) and value > 0:
+            text += " (times are epoch milliseconds; this looks like seconds)" if value < 10**11 else ""
+        return ValidationError(field_name, text)
+    if mm := re.match(r"Expected `str` of length >= 1", msg):
+        return ValidationError(field_name, "must not be empty")
+    if mm := re.match(r"Expected `str` of length <= (\d+)", msg):
+        return ValidationError(field_name, f"longer than {mm.group(1)} characters")
+    if msg.startswith("Invalid enum value"):
+        if field_name == "v":
+            return ValidationError("v", f"unsupported schema version{got.replace('; got', '')}")
+        allowed = _enum_values(obj, field_name)
+        return ValidationError(field_name, f"must be one of {', '.join(allowed)}{got}")
+    if msg.startswith("Invalid value") and field_name == "type":
+        return ValidationError("type", f"unknown event type{got.replace('; got', '')}")
+    if msg == "Number out of range":
+        return ValidationError(field_name, "number out of range")
+    if mm := re.match(r"(data\.\w+): (.*)", msg, re.S):  # a __post_init__ rule names its own field
+        return ValidationError(mm.group(1), mm.group(2))
+    return ValidationError(field_name, msg[:300])
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}.{name}" if parent else name
+
+
+__all__ = [
+    "CHANNELS", "ENVELOPES", "EPOCH_MS_MAX", "EPOCH_MS_MIN", "Event", "INPUT_TYPES", "MAX_EXACT", "MAX_ID_LEN",
+    "OUTPUT_TYPES", "PAYLOADS", "Payload", "REJECT_REASONS", "ValidationError", "all_errors", "make_event",
+    "new_event",
+    "parse_event", "translate",
+]

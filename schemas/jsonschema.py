@@ -1,144 +1,105 @@
-"""JSON Schema (draft 2020-12) generated from the event specs, for producers in other languages.
+"""JSON Schema (draft 2020-12) generated from the msgspec models, for producers in other languages.
 
 ``python -m schemas.jsonschema`` writes schemas/json/; ``--check`` exits 1 when the committed
-files differ from what the specs generate. The validator in schemas.events stays the authority:
-two rules have no JSON Schema form (``sale.opened`` needs ``ends_at > starts_at``; JSON Schema's
-``integer`` also admits ``1.0``, which the validator rejects) and are stated in descriptions.
+files differ from what the models generate. Every file is self-contained (what it references is
+bundled under ``$defs``), so validators need neither network access nor a base URI. ``event.json``
+selects the branch by ``type`` (``if``/``then``), so an invalid event gets the errors of its own
+type. The msgspec models stay the authority: two rules have no JSON Schema form (``sale.opened``
+needs ``ends_at > starts_at``; JSON Schema's ``integer`` also admits ``1.0``, which the decoder
+refuses), and repeated object keys are refused by the gateway and the SDK; each is stated in a
+description.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
-from typing import Any, Final, get_type_hints
+from typing import Any, Final
+
+import msgspec
 
 from schemas.codec import MAX_BATCH_ITEMS
-from schemas.events import (
-    ENVELOPE_REQUIRED,
-    ENVELOPE_SPEC,
-    MAX_TEXT_LEN,
-    PAYLOAD_SPECS,
-    PAYLOADS,
-    SUPPORTED_VERSIONS,
-    Event,
-    FieldSpec,
-)
+from schemas.events import ENVELOPES, PAYLOADS, SaleOpened
 
 DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID: Final = "https://flashsale.example/schemas/v1/"
 DEFAULT_DIR: Final = Path(__file__).resolve().parent / "json"
-_JSON_TYPES: Final[dict[type, str]] = {int: "integer", float: "number", str: "string"}
-_EXTRA_RULES: Final[dict[str, str]] = {"sale.opened": "ends_at must be greater than starts_at."}
+_REF: Final = "#/$defs/{name}"
+_RULES: Final[dict[str, str]] = {SaleOpened.TYPE: SaleOpened.RULE}
+_NOTE: Final = ("Integers must be written without a fraction (1, not 1.0) and object keys must not repeat; "
+                "the flashsale decoder refuses both.")
 
 
-def field_schema(kind: type, optional: bool, meta: dict[str, Any], default: Any = None,
-                 has_default: bool = False) -> dict[str, Any]:
-    """One field's schema from its kind (int/float/str), nullability and validator metadata."""
-    out: dict[str, Any] = {"type": [_JSON_TYPES[kind], "null"] if optional else _JSON_TYPES[kind]}
-    if kind is str and "enum" not in meta:
-        if not meta.get("allow_empty"):
-            out["minLength"] = 1
-        out["maxLength"] = meta.get("max_len", MAX_TEXT_LEN)
-    if "enum" in meta:
-        out["enum"] = list(meta["enum"]) + ([None] if optional else [])
-    if "min" in meta:
-        out["minimum"] = meta["min"]
-    if "max" in meta:
-        out["maximum"] = meta["max"]
-    if has_default and default is not None:
-        out["default"] = default
-    return out
+def components() -> dict[str, dict[str, Any]]:
+    """Every envelope and payload schema, by model name, as msgspec generates them."""
+    _, defs = msgspec.json.schema_components(list(ENVELOPES.values()), ref_template=_REF)
+    for type_, cls in ENVELOPES.items():
+        env = defs[cls.__name__]
+        env["title"] = f"{type_} event"
+        env["description"] = " ".join(filter(None, (
+            f"The {type_} event ({PAYLOADS[type_].__name__}) in its versioned envelope.", _RULES.get(type_), _NOTE)))
+        env["properties"]["type"] = {"const": type_}
+        if type_ in _RULES:
+            defs[PAYLOADS[type_].__name__]["description"] = _RULES[type_]
+    return defs
 
 
-def payload_schema(type_: str) -> dict[str, Any]:
-    specs: tuple[FieldSpec, ...] = PAYLOAD_SPECS[type_]
-    out: dict[str, Any] = {
-        "type": "object",
-        "properties": {s.name: field_schema(s.kind, s.optional, s.meta, s.default, not s.required) for s in specs},
-        "required": [s.name for s in specs if s.required],
-        "additionalProperties": False,
-    }
-    if type_ in _EXTRA_RULES:
-        out["description"] = _EXTRA_RULES[type_]
-    return out
+def _names(type_: str) -> tuple[str, str]:
+    return ENVELOPES[type_].__name__, PAYLOADS[type_].__name__
 
 
-def _envelope_properties(type_schema: dict[str, Any], versions: list[int]) -> dict[str, Any]:
-    hints = get_type_hints(Event)
-    props: dict[str, Any] = {}
-    for name, meta in ENVELOPE_SPEC.items():
-        if name == "type":
-            props[name] = type_schema
-            continue
-        hint = hints[name]
-        args = getattr(hint, "__args__", ())
-        kind = next(a for a in args if a is not type(None)) if args else hint
-        props[name] = field_schema(kind, type(None) in args, meta)
-    props["v"] = {"type": "integer", "enum": versions}
-    props["data"] = {"type": "object"}
-    return props
+def event_schema(type_: str, defs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The full envelope for one event type, its payload bundled under ``$defs``."""
+    defs = components() if defs is None else defs
+    env_name, payload_name = _names(type_)
+    return {"$schema": DRAFT, "$id": f"{BASE_ID}{type_}.json", **copy.deepcopy(defs[env_name]),
+            "$defs": {payload_name: defs[payload_name]}}
 
 
-def event_schema(type_: str) -> dict[str, Any]:
-    """The full envelope for one event type, with its payload under ``data``."""
-    versions = sorted(SUPPORTED_VERSIONS[type_])
-    props = _envelope_properties({"const": type_}, versions)
-    props["data"] = payload_schema(type_)
-    return {
-        "$schema": DRAFT,
-        "$id": f"{BASE_ID}{type_}.json",
-        "title": f"{type_} event",
-        "description": f"The {type_} event ({PAYLOADS[type_].__name__}) in its versioned envelope. "
-                       f"{_EXTRA_RULES.get(type_, '')}".strip(),
-        "type": "object",
-        "properties": props,
-        "required": list(ENVELOPE_REQUIRED),
-        "additionalProperties": False,
-    }
-
-
-def envelope_schema() -> dict[str, Any]:
-    """Any event: the envelope, then exactly one per-type schema (chosen by ``type``)."""
+def _union_body(defs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     types = sorted(PAYLOADS)
-    defs = {t: _strip(event_schema(t)) for t in types}
     return {
-        "$schema": DRAFT,
-        "$id": f"{BASE_ID}event.json",
         "title": "flashsale event",
-        "description": "One event of any type; the `type` field selects the payload schema.",
+        "description": "One event of any type; the `type` field selects the schema that applies. " + _NOTE,
         "type": "object",
-        "required": list(ENVELOPE_REQUIRED),
+        "required": ["type"],
         "properties": {"type": {"enum": types}},
-        "oneOf": [{"$ref": f"#/$defs/{t}"} for t in types],
-        "$defs": defs,
+        "allOf": [{"if": {"properties": {"type": {"const": t}}, "required": ["type"]},
+                   "then": {"$ref": _REF.format(name=_names(t)[0])}} for t in types],
     }
 
 
-def record_schema() -> dict[str, Any]:
+def envelope_schema(defs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Any event: ``type`` picks exactly one per-type schema, so errors name that type's fields."""
+    defs = components() if defs is None else defs
+    return {"$schema": DRAFT, "$id": f"{BASE_ID}event.json", **_union_body(defs), "$defs": defs}
+
+
+def record_schema(defs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """One Kafka record value: a single event, or a non-empty batch (JSON array) of events."""
+    defs = components() if defs is None else defs
     return {
         "$schema": DRAFT,
         "$id": f"{BASE_ID}record.json",
         "title": "flashsale Kafka record",
-        "description": "A record holds one event or a batch of events that share one partition key.",
-        "oneOf": [
-            {"$ref": "event.json"},
-            {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_ITEMS, "items": {"$ref": "event.json"}},
-        ],
+        "description": "A record holds one event (an object) or a batch of events (an array) that share one "
+                       "partition key.",
+        "if": {"type": "object"},
+        "then": {"$ref": "#/$defs/Event"},
+        "else": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_ITEMS, "items": {"$ref": "#/$defs/Event"}},
+        "$defs": {"Event": _union_body(defs), **defs},
     }
-
-
-def _strip(schema: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
 
 
 def build() -> dict[str, dict[str, Any]]:
     """Every generated file: name → schema."""
-    files = {f"{t}.json": event_schema(t) for t in sorted(PAYLOADS)}
-    files["event.json"] = envelope_schema()
-    files["record.json"] = record_schema()
+    defs = components()
+    files = {f"{t}.json": event_schema(t, defs) for t in sorted(PAYLOADS)}
+    files["event.json"] = envelope_schema(defs)
+    files["record.json"] = record_schema(defs)
     return files
 
 
@@ -179,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m schemas.jsonschema",
                                      description="Generate JSON Schema files for every event type.")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="output directory (default: schemas/json)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the files differ from the specs")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
     args = parser.parse_args(argv)
     if args.check:
         diffs = differences(args.dir)

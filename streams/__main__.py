@@ -7,7 +7,8 @@ import asyncio
 import logging
 import sys
 
-from flashsale.env import ConfigError
+from kernel.env import ConfigError
+from kernel.log import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flashsale worker: {exc}", file=sys.stderr)
         return 2
     level = (args.log_level or settings.log_level).lower()
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level)
 
     if settings.auto_create_topics:
-        from flashsale.kafka_admin import ensure_topics
+        from kernel.kafka_admin import ensure_topics
 
         try:
             asyncio.run(ensure_topics(settings.bootstrap, settings.topic_prefix, settings.partitions,

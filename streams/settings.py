@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flashsale.env import ConfigError, Env, bootstrap_servers
+from kernel.env import ConfigError, Env, bootstrap_servers
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES
 
 

@@ -10,7 +10,7 @@ import orjson
 
 from schemas import keys as rk
 from streams.metrics import WorkerMetrics
-from streams.redis_client import AnyRedis, LuaScript, run_pipeline
+from kernel.redis import AnyRedis, LuaScript, run_pipeline
 
 OUTBOX_LEASE_MS = 10_000
 OUTBOX_BATCH = 1000
@@ -49,9 +49,9 @@ class StockGateway:
     def __init__(self, client: AnyRedis, metrics: WorkerMetrics) -> None:
         self.client = client
         self.metrics = metrics
-        self.stock = LuaScript("stock")
-        self.sweep_script = LuaScript("sweep")
-        self.drain = LuaScript("drain")
+        self.stock = LuaScript("streams", "stock")
+        self.sweep_script = LuaScript("streams", "sweep")
+        self.drain = LuaScript("streams", "drain")
         self.scripts = [self.stock, self.sweep_script, self.drain]
 
     async def _run(self, op: str, build: Any) -> list[Any]:

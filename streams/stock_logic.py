@@ -16,6 +16,7 @@ from schemas.events import (
     SaleOpened,
     SaleSoldOut,
     StockAdjusted,
+    new_event,
 )
 
 SYSTEM_USER = "system"
@@ -61,22 +62,24 @@ def decision_event(order: Event, result: dict[str, Any]) -> Event:
     else:
         reason = str(result["r"])
         event_id = f"dup:{order.event_id}" if reason == "duplicate" else f"dec:{d.order_id}"
-        payload = OrderRejected(order_id=d.order_id, sale_id=d.sale_id, sku=d.sku, qty=d.qty, reason=reason,
+        payload = OrderRejected(order_id=d.order_id, sale_id=d.sale_id, sku=d.sku, qty=d.qty, reason=reason,  # type: ignore[arg-type]  # the script answers one of REJECT_REASONS
                                 detail=str(result.get("detail") or ""))
-    return Event(type=payload.TYPE, event_id=event_id, ts=order.ts, room_id=order.room_id, user_id=order.user_id,
-                 channel=order.channel, referrer_id=order.referrer_id, data=payload)
+    return new_event(payload, event_id=event_id, ts=order.ts, room_id=order.room_id, user_id=order.user_id,
+                 channel=order.channel, referrer_id=order.referrer_id)
 
 
 def outbox_event(item: dict[str, Any]) -> Event:
     """An event the Lua scripts queued in a sale's outbox (sell-out, expiry, cancellation)."""
     if item["k"] == "sold_out":
-        return Event(type=SaleSoldOut.TYPE, event_id=f"soldout:{item['sale_id']}", ts=int(item["at"]),
-                     room_id=str(item["room_id"]), user_id=SYSTEM_USER, data=SaleSoldOut(
-                         sale_id=str(item["sale_id"]), sku=str(item["sku"]), sold_out_at=int(item["at"]),
-                         opened_at=int(item["opened_at"]), allotted=int(item["allotted"])))
+        return new_event(SaleSoldOut(
+            sale_id=str(item["sale_id"]), sku=str(item["sku"]), sold_out_at=int(item["at"]),
+            opened_at=int(item["opened_at"]), allotted=int(item["allotted"])),
+            event_id=f"soldout:{item['sale_id']}", ts=int(item["at"]), room_id=str(item["room_id"]),
+            user_id=SYSTEM_USER)
     if item["k"] == "expired":
-        return Event(type=OrderExpired.TYPE, event_id=f"exp:{item['order_id']}", ts=int(item["at"]),
-                     room_id=str(item["room_id"]), user_id=str(item["user_id"]), data=OrderExpired(
-                         order_id=str(item["order_id"]), sale_id=str(item["sale_id"]), sku=str(item["sku"]),
-                         qty=int(item["qty"]), cause=str(item["cause"])))
+        return new_event(OrderExpired(
+            order_id=str(item["order_id"]), sale_id=str(item["sale_id"]), sku=str(item["sku"]),
+            qty=int(item["qty"]), cause=item["cause"]),
+            event_id=f"exp:{item['order_id']}", ts=int(item["at"]), room_id=str(item["room_id"]),
+            user_id=str(item["user_id"]))
     raise ValueError(f"unknown outbox item kind {item.get('k')!r}")

@@ -22,9 +22,6 @@ from streams.stock_logic import BAD_STATUSES, decision_event, outbox_event, sale
 logger = logging.getLogger(__name__)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
 
 class StockService:
     """Decides order attempts for a batch of records from the orders topic."""

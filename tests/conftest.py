@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from flashsale.embedded import ManagedProcess, free_port, start_redis, start_tansu
-from flashsale.kafka_admin import ensure_topics
+from kernel.kafka_admin import ensure_topics
 
 
 @dataclass(frozen=True)

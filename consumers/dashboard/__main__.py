@@ -10,7 +10,8 @@ import sys
 from aiohttp import web
 
 from consumers.dashboard.settings import DashboardSettings, get_settings
-from flashsale.env import ConfigError
+from kernel.env import ConfigError
+from kernel.log import configure_logging
 
 SHUTDOWN_TIMEOUT_S = 5.0
 
@@ -43,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     settings = dataclasses.replace(settings, **overrides)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     from consumers.dashboard.server import create_app
 
     app = create_app(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flashsale.env import Env
+from kernel.env import Env
 
 CHANNEL_CHOICES = ("live_room", "community_group", "mini_program", "share_link")
 

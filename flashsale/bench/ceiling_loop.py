@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas.topics import ORDERS, TopicNames
 from streams.emit import Record
 from streams.metrics import WorkerMetrics
-from streams.redis_client import connect
+from kernel.redis import connect
 from streams.settings import get_settings
 from streams.state import StockGateway
 from streams.stock_service import StockService

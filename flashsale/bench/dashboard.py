@@ -27,7 +27,7 @@ import aiohttp
 import orjson
 
 from flashsale.embedded import ManagedProcess, free_port, python_module, start_redis, start_tansu
-from flashsale.kafka_admin import ensure_topics
+from kernel.kafka_admin import ensure_topics
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 

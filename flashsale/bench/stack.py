@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flashsale.embedded import ManagedProcess, StackError, free_port, python_module, start_redis, start_tansu
-from flashsale.kafka_admin import ensure_topics
+from kernel.kafka_admin import ensure_topics
 
 
 @dataclass

@@ -8,7 +8,8 @@ import dataclasses
 import logging
 import sys
 
-from flashsale.env import ConfigError
+from kernel.env import ConfigError
+from kernel.log import configure_logging
 from producers.gateway.settings import GatewaySettings, get_settings
 
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("log_level", args.log_level))
                  if v is not None}
     settings = dataclasses.replace(settings, **overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     from producers.gateway.app import serve
 
     print(f"flashsale gateway on http://{settings.host}:{settings.port}/", flush=True)  # noqa: T201

@@ -17,7 +17,8 @@ from producers.gateway.http import ApiError, check_content_type, client_ip, json
 from producers.gateway.ratelimit import retry_after_header
 from producers.gateway.state import GatewayState
 from producers.sdk import ItemError, PublishError, order_event_id, prepare, prepare_all
-from schemas.events import ValidationError
+from schemas.codec import repeated_keys
+from schemas.events import all_errors
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ STATE: Final = web.AppKey("gateway_state", GatewayState)
 ORDER_FIELDS: Final = ("order_id", "user_id", "room_id", "sku", "qty", "unit_price", "channel", "referrer_id")
 ORDER_BODY_LIMIT: Final = 16 * 1024
 READY_TIMEOUT_S: Final = 1.0
+REPEATED_KEY: Final = "repeated key: each field may appear once in an object"
 
 
 def _state(request: web.Request) -> GatewayState:
@@ -67,7 +69,8 @@ async def post_events(request: web.Request) -> web.Response:
     """POST /v1/events: one event object or an array; all valid → published (202), else nothing (400)."""
     state, key = _admit(request)
     check_content_type(request)
-    body = parse_json(await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s))
+    raw = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s)
+    body = parse_json(raw)
     items = body if isinstance(body, list) else [body]
     if not items:
         raise ApiError(400, "empty_batch", "the array holds no events", reason="invalid_event")
@@ -75,6 +78,8 @@ async def post_events(request: web.Request) -> web.Response:
         raise ApiError(413, "too_many_events", f"{len(items)} events exceed the limit of {state.settings.max_events}"
                        " per request", reason="too_large")
     prepared, errors = prepare_all(items)
+    errors = sorted(errors + [ItemError(i, path, REPEATED_KEY) for i, path in repeated_keys(raw)],
+                    key=lambda e: e.index)
     if errors:
         state.metrics.events.labels("invalid").inc(len(errors))
         state.metrics.events.labels("rejected").inc(len(prepared))
@@ -97,14 +102,12 @@ async def post_events(request: web.Request) -> web.Response:
     return json_response({"accepted": len(prepared), "records": len(deliveries)}, status=202)
 
 
-def _order_event(sale_id: str, body: Any) -> tuple[str, dict[str, Any]]:
+def _order_event(sale_id: str, body: Any) -> tuple[str, dict[str, Any], list[ItemError]]:
+    """The order.placed event a body describes, and the body's unknown fields (left out of the event)."""
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_order", "expected a JSON object", reason="invalid_event",
                        errors=[ItemError(0, "", "expected a JSON object")])
-    unknown = sorted(set(body) - set(ORDER_FIELDS), key=str)
-    if unknown:
-        raise ApiError(400, "invalid_order", f"unknown field {str(unknown[0])[:64]!r}", reason="invalid_event",
-                       errors=[ItemError(0, str(unknown[0])[:64], "unknown field")])
+    unknown = [ItemError(0, str(k)[:64], "unknown field") for k in sorted(set(body) - set(ORDER_FIELDS), key=str)]
     order_id = body.get("order_id")
     if order_id is None:
         order_id = uuid.uuid4().hex
@@ -118,7 +121,7 @@ def _order_event(sale_id: str, body: Any) -> tuple[str, dict[str, Any]]:
     event.update({k: body[k] for k in ("room_id", "user_id") if k in body})
     if body.get("referrer_id") is not None:
         event["referrer_id"] = body["referrer_id"]
-    return order_id, event
+    return order_id, event, unknown
 
 
 async def post_order(request: web.Request) -> web.Response:
@@ -126,15 +129,17 @@ async def post_order(request: web.Request) -> web.Response:
     state, key = _admit(request)
     sale_id = request.match_info["sale_id"]
     check_content_type(request)
-    body = parse_json(await read_body(request, min(ORDER_BODY_LIMIT, state.settings.max_body_bytes),
-                                      state.settings.body_timeout_s))
-    order_id, obj = _order_event(sale_id, body)
-    try:
-        prepared = prepare(obj)
-    except ValidationError as err:
-        field = err.field.removeprefix("data.")
-        raise ApiError(400, "invalid_order", f"{field}: {err.message}", reason="invalid_event",
-                       errors=[ItemError(0, field, err.message)]) from None
+    raw = await read_body(request, min(ORDER_BODY_LIMIT, state.settings.max_body_bytes),
+                          state.settings.body_timeout_s)
+    body = parse_json(raw)
+    order_id, obj, errors = _order_event(sale_id, body)
+    errors += [ItemError(0, err.field.removeprefix("data."), err.message) for err in all_errors(obj)]
+    errors += [ItemError(0, path, REPEATED_KEY) for _, path in repeated_keys(raw)]
+    if errors:
+        first = errors[0]
+        raise ApiError(400, "invalid_order", f"{first.field}: {first.message}", reason="invalid_event",
+                       errors=errors)
+    prepared = prepare(obj)
     assert state.soldout is not None
     if await state.soldout.is_sold_out(sale_id):
         state.metrics.decisions.labels("rejected").inc()

@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from consumers.decisions import DecisionWaiter
-from flashsale.kafka_admin import ensure_topics
+from kernel.kafka_admin import ensure_topics
 from producers.gateway.http import Authenticator
 from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.ratelimit import TokenBucketLimiter

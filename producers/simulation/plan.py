@@ -33,6 +33,7 @@ from schemas.events import (
     ViewerLeft,
     ViewerLiked,
     ViewerShared,
+    new_event,
 )
 
 from .model import SaleWindow, SimulationParams
@@ -332,7 +333,8 @@ class _PlanBuilder:
              referrer_id: str | None) -> Event:
         at_ms = self.t0_ms + round(at_s * 1000)
         self.seq += 1
-        ev = Event(payload.TYPE, f"{self.run_id}:{self.seq}", at_ms, room_id, user_id, payload, channel, referrer_id)
+        ev = new_event(payload, event_id=f"{self.run_id}:{self.seq}", ts=at_ms, room_id=room_id, user_id=user_id,
+                       channel=channel, referrer_id=referrer_id)
         self.events.append(Scheduled(at_ms, self.seq, ev, False))
         return ev
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from schemas.events import Event, OrderCancelled, OrderPaid
+from schemas.events import Event, OrderCancelled, OrderPaid, new_event
 
 from .model import SimulationParams
 
@@ -64,8 +64,8 @@ class Intent:
             event_id = f"cxl:{self.order_id}"
         else:
             return None
-        return Event(type=data.TYPE, event_id=event_id, ts=ts, room_id=self.room_id, user_id=self.user_id,
-                     data=data, channel=self.channel, referrer_id=self.referrer_id)
+        return new_event(data, event_id=event_id, ts=ts, room_id=self.room_id, user_id=self.user_id,
+                         channel=self.channel, referrer_id=self.referrer_id)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from flashsale.env import Env
+from kernel.env import Env
 from producers.settings import PublisherSettings
 from producers.settings import get_settings as publisher_settings
 

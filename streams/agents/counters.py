@@ -17,7 +17,7 @@ from streams.counters.gateway import CountersGateway
 from streams.counters.params import CounterParams
 from streams.counters.service import CountersService, Prepared, spike_configs
 from streams.emit import Record
-from streams.redis_client import AnyRedis, connect
+from kernel.redis import AnyRedis, connect
 from streams.resilience import process
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from schemas.topics import ORDERS
 from streams.emit import Record
-from streams.redis_client import connect
+from kernel.redis import connect
 from streams.resilience import TRANSIENT, process
 from streams.state import StockGateway
 from streams.stock_service import StockService

@@ -16,7 +16,7 @@ from schemas.events import CHANNELS
 from streams.counters.params import CounterParams
 from streams.counters.rollups import Ops
 from streams.metrics import WorkerMetrics
-from streams.redis_client import AnyRedis, LuaScript, run_pipeline
+from kernel.redis import AnyRedis, LuaScript, run_pipeline
 
 
 class CounterScriptError(RuntimeError):
@@ -60,12 +60,8 @@ def _result(raw: Sequence[Any], paid_ids: Sequence[str] = ()) -> ApplyResult:
 
 
 def counters_script(name: str) -> LuaScript:
-    """A counters script with the shared counters_lib.lua prepended (Lua has no import in Redis)."""
-    script = LuaScript(name)
-    lib = resources.files("streams").joinpath("lua", "counters_lib.lua").read_text()
-    script.source = lib + "\n" + script.source
-    script.sha = hashlib.sha1(script.source.encode()).hexdigest()
-    return script
+    """A counters script with the shared counters_lib.lua prepended."""
+    return LuaScript("streams", name, include=("counters_lib",))
 
 
 class CountersGateway:
@@ -79,7 +75,7 @@ class CountersGateway:
         self.lookback_s = lookback_s
         self.room = counters_script("counters_room")
         self.sale = counters_script("counters_sale")
-        self.spike = LuaScript("counters_spike")
+        self.spike = LuaScript("streams", "counters_spike")
         self.scripts = [self.room, self.sale, self.spike]
 
     async def _run(self, op: str, build: Any) -> list[Any]:

@@ -41,9 +41,6 @@ ROOM_ORDERS = ("sp:orders", "orders")
 SALE_ATTEMPTS = ("sp:attempts", "attempts")
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
 
 @dataclass
 class Prepared:

@@ -323,6 +323,34 @@ async def test_order_validation(gateway: GatewayFactory, broker: Broker, topics:
     assert await total_records(broker.bootstrap, topics) == 0
 
 
+async def test_order_reports_every_invalid_field(gateway: GatewayFactory, broker: Broker,
+                                                topics: dict[str, str]) -> None:
+    async with gateway() as gw:
+        body_in = {k: v for k, v in order_body(qty=True, unit_price=-1, coupon="FREE").items() if k != "user_id"}
+        status, body, _ = await gw.post("/v1/sales/sale-1/orders", body_in)
+        assert status == 400 and body["invalid"] == 4
+        assert sorted(e["field"] for e in body["errors"]) == ["coupon", "qty", "unit_price", "user_id"]
+    assert await total_records(broker.bootstrap, topics) == 0
+
+
+async def test_repeated_keys_are_refused_with_the_field_named(gateway: GatewayFactory, broker: Broker,
+                                                             topics: dict[str, str]) -> None:
+    """A reader that keeps the first of two keys would see another event than one that keeps the last."""
+    async with gateway() as gw:
+        good = orjson.dumps(event(0)).decode()
+        twice = good.replace('"data":{}', '"data":{"count":1,"count":10000}')
+        status, body, _ = await gw.post("/v1/events", data=f"[{good},{twice}]".encode())
+        assert status == 400 and body["errors"] == [
+            {"index": 1, "field": "data.count", "message": "repeated key: each field may appear once in an object"}]
+        order = orjson.dumps(order_body()).decode().replace('"qty":1', '"qty":1,"qty":2')
+        status, body, _ = await gw.post("/v1/sales/sale-1/orders", data=order.encode())
+        assert status == 400 and [e["field"] for e in body["errors"]] == ["qty"]
+        ts_in_seconds = {**event(1), "ts": TS // 1000}
+        status, body, _ = await gw.post("/v1/events", ts_in_seconds)
+        assert status == 400 and "looks like seconds" in body["errors"][0]["message"]
+    assert await total_records(broker.bootstrap, topics) == 0
+
+
 async def test_health_readiness_and_metrics(gateway: GatewayFactory) -> None:
     async with gateway() as gw:
         assert (await gw.get("/healthz"))[:2] == (200, {"status": "ok"})

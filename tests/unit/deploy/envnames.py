@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("flashsale", "streams", "producers", "consumers")
 
-# env.str("BROKER_URL", ...), env.int("PARTITIONS", ...) ... on a flashsale.env.Env, or a literal FLASHSALE_X.
+# env.str("BROKER_URL", ...), env.int("PARTITIONS", ...) ... on a kernel.env.Env, or a literal FLASHSALE_X.
 _ENV_CALL = re.compile(r"\benv\.(?:str|int|float|bool|opt_str|raw)\(\s*\"([A-Z][A-Z0-9_]*)\"")
 _LITERAL = re.compile(r"\"(FLASHSALE_[A-Z][A-Z0-9_]*)\"")
 _USED = re.compile(r"\b(FLASHSALE_[A-Z][A-Z0-9_]*)\b")

@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import make_mocked_request
 
 from flashsale.embedded import free_port
-from flashsale.env import ConfigError
+from kernel.env import ConfigError
 from producers.gateway.__main__ import main
 from producers.gateway.http import ApiError, Authenticator, check_content_type, client_ip, parse_json
 from producers.gateway.ratelimit import TokenBucketLimiter, retry_after_header

@@ -18,7 +18,7 @@ from producers.simulation.oracle import reference_outcomes
 from producers.simulation.plan import build_plan
 from producers.simulation.plan_types import Intent, Plan, SaleSpec
 from producers.simulation.runner import Runner
-from schemas.events import CHANNELS, Event, OrderPaid, OrderPlaced, SaleOpened, make_event, parse_event
+from schemas.events import CHANNELS, Event, OrderPaid, OrderPlaced, SaleOpened, new_event, parse_event
 from schemas.topics import logical_topic, partition_key
 
 SMALL = SimulationParams(viewers=400, duration_s=40.0, sales=1, allotment=50, first_sale_at_s=6.0,
@@ -237,7 +237,8 @@ def test_plan_without_payments_keeps_intents_for_every_order() -> None:
 
 
 def _order(oid: str, user: str, ts: int, qty: int = 1) -> Event:
-    return make_event(OrderPlaced(order_id=oid, sale_id="s", sku="k", qty=qty, unit_price=100),
+    # new_event, not make_event: the reference model is exercised on a small clock that starts at 0
+    return new_event(OrderPlaced(order_id=oid, sale_id="s", sku="k", qty=qty, unit_price=100),
                       event_id=f"e-{oid}", ts=ts, room_id="r", user_id=user)
 
 

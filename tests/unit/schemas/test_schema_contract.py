@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.codec import MAX_BATCH_ITEMS, dead_letter, decode_record, encode_batch, encode_event
+from schemas.codec import MAX_BATCH_ITEMS, dead_letter, decode_record, encode_batch, encode_event, repeated_keys
 from schemas.events import (
     INPUT_TYPES,
     OUTPUT_TYPES,
@@ -17,6 +17,7 @@ from schemas.events import (
     OrderPlaced,
     SpikeDetected,
     ValidationError,
+    all_errors,
     make_event,
     parse_event,
 )
@@ -24,6 +25,7 @@ from schemas.topics import TopicNames, logical_topic, partition_key
 from tests.unit.schemas.schema_samples import ERROR_CASES, SAMPLES, Mutator, sample_dict, sample_event
 
 ALL_TYPES = sorted(PAYLOADS)
+T0 = 1_700_000_000_000
 
 
 def test_every_type_has_a_sample() -> None:
@@ -55,10 +57,11 @@ def test_round_trip_batch_of_every_type() -> None:
 
 def test_optional_fields_and_defaults() -> None:
     event = make_event(OrderPlaced(order_id="o", sale_id="s", sku="k", qty=1, unit_price=0),
-                       event_id="e", ts=0, room_id="r", user_id="u")
+                       event_id="e", ts=T0, room_id="r", user_id="u")
     out = event.to_dict()
-    assert out["channel"] == "other" and "referrer_id" not in out
-    minimal = {"type": "viewer.left", "v": 1, "event_id": "e", "ts": 0, "room_id": "r", "user_id": "u",
+    # fields at their default are left out of the wire form and restored by every reader
+    assert event.channel == "other" and "referrer_id" not in out and parse_event(out).channel == "other"
+    minimal = {"type": "viewer.left", "v": 1, "event_id": "e", "ts": T0, "room_id": "r", "user_id": "u",
                "data": {}}
     parsed = parse_event(minimal)
     assert parsed.channel == "other" and parsed.referrer_id is None
@@ -168,7 +171,7 @@ def test_non_finite_float_rejected() -> None:
     payload = SpikeDetected(scope="room", subject_id="r", metric="m", rate=float("nan"), baseline=1.0,
                             factor=1.0, window_s=1)
     with pytest.raises(ValidationError) as info:
-        make_event(payload, event_id="e", ts=0, room_id="r", user_id="u")
+        make_event(payload, event_id="e", ts=T0, room_id="r", user_id="u")
     assert info.value.field == "data.rate"
 
 
@@ -182,7 +185,7 @@ def test_non_string_keys_from_python_callers() -> None:
 def test_make_event_validates() -> None:
     with pytest.raises(ValidationError) as info:
         make_event(OrderPlaced(order_id="o", sale_id="s", sku="k", qty=0, unit_price=1),
-                   event_id="e", ts=0, room_id="r", user_id="u")
+                   event_id="e", ts=T0, room_id="r", user_id="u")
     assert info.value.field == "data.qty"
 
 
@@ -199,3 +202,62 @@ def test_events_are_frozen_values() -> None:
     with pytest.raises(AttributeError):
         event.ts = 5  # type: ignore[misc]
     assert hash(event) == hash(sample_event("order.placed"))
+
+
+def test_python_int_beyond_64_bits_names_its_field() -> None:
+    obj = sample_dict("sale.opened")
+    obj["data"]["price"] = 2**64
+    with pytest.raises(ValidationError) as info:
+        parse_event(obj)
+    assert info.value.field == "data.price"
+    big = b'{"type":"viewer.liked","v":1,"event_id":"e","ts":1700000000000,"room_id":"r","user_id":"u",' \
+          b'"data":{"count":18446744073709551616}}'
+    [bad] = decode_record(big).errors
+    assert bad.reason == "invalid_event" and "data.count" in bad.detail
+
+
+def test_every_bad_item_of_a_batch_is_reported_with_its_index() -> None:
+    items = [sample_dict("order.placed") for _ in range(4)]
+    items[1]["data"]["qty"] = 0
+    items[3]["ts"] = 1_700_000_000
+    decoded = decode_record(orjson.dumps(items))
+    assert len(decoded.events) == 2
+    assert [(b.index, b.detail.split(":")[0]) for b in decoded.errors] == [(1, "data.qty"), (3, "ts")]
+
+
+def test_cross_field_rule_applies_to_decoded_and_built_events() -> None:
+    obj = sample_dict("sale.opened")
+    obj["data"]["ends_at"] = obj["data"]["starts_at"]
+    [bad] = decode_record(orjson.dumps(obj)).errors
+    assert bad.detail == "data.ends_at: must be after starts_at"
+    with pytest.raises(ValidationError) as info:
+        SAMPLES["sale.opened"].__class__(sale_id="s", sku="k", price=1, allotment=1, per_user_limit=1,
+                                         starts_at=T0, ends_at=T0)
+    assert info.value.field == "data.ends_at"
+
+
+def test_fast_and_slow_paths_agree_on_valid_events() -> None:
+    events = [sample_event(t, event_id=f"b-{i}") for i, t in enumerate(ALL_TYPES)]
+    raw = encode_batch(events)
+    assert decode_record(raw).events == [parse_event(o) for o in orjson.loads(raw)] == events
+
+
+def test_repeated_keys_are_found_with_their_item_and_field() -> None:
+    one = orjson.dumps(sample_dict("order.placed")).decode()
+    twice = one.replace('"qty":1', '"qty":1,"qty":9')
+    assert repeated_keys(one.encode()) == []
+    assert repeated_keys(twice.encode()) == [(0, "data.qty")]
+    assert repeated_keys(f"[{one},{twice},{one}]".encode()) == [(1, "data.qty")]
+    assert repeated_keys(one.replace('"ts":', '"ts":1,"ts":').encode()) == [(0, "ts")]
+    assert repeated_keys(b"{not json") == [] and repeated_keys(b'{"a": NaN}') == []
+
+
+def test_all_errors_names_every_invalid_field() -> None:
+    obj = sample_dict("order.placed")
+    obj["ts"] = 1_700_000_000
+    obj["color"] = "red"
+    obj["data"]["qty"] = True
+    del obj["data"]["sku"]
+    assert sorted(e.field for e in all_errors(obj)) == ["color", "data.qty", "data.sku", "ts"]
+    assert all_errors(sample_dict("order.placed")) == []
+    assert [e.field for e in all_errors({**obj, "type": "nope"})] == ["type"]

@@ -11,8 +11,8 @@ from streams.emit import CHUNK, batches
 
 def _decisions(n: int, sku: str = "sku-1") -> list:
     return [make_event(OrderAccepted(order_id=f"o{i}", sale_id="s1", sku=sku, qty=1, unit_price=100,
-                                     reserved_until=0),
-                       event_id=f"d{i}", ts=i, room_id="r1", user_id=f"u{i}") for i in range(n)]
+                                     reserved_until=1_700_000_000_000),
+                       event_id=f"d{i}", ts=1_700_000_000_000 + i, room_id="r1", user_id=f"u{i}") for i in range(n)]
 
 
 def test_batches_split_by_bytes_and_keep_order() -> None:

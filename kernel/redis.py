@@ -1,9 +1,10 @@
-"""Create the worker's Redis client (single node or Cluster) and run Lua scripts with NOSCRIPT reload."""
+"""The Redis layer: the client factory (single node or Cluster) and Lua scripts run by EVALSHA with NOSCRIPT reload."""
 
 from __future__ import annotations
 
 import hashlib
 from importlib import resources
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -13,19 +14,26 @@ from redis.exceptions import NoScriptError
 AnyRedis = aioredis.Redis | RedisCluster
 
 
-def connect(url: str, cluster: bool = False) -> AnyRedis:
-    """No I/O here: redis-py connects lazily on first command, inside the running loop."""
+def connect(url: str, cluster: bool = False, *, timeout_s: float | None = None) -> AnyRedis:
+    """No I/O here: redis-py connects lazily on first command, inside the running loop. ``timeout_s``
+    bounds connecting and each reply (a health probe wants that; the default waits like redis-py)."""
+    timeouts: dict[str, Any] = {} if timeout_s is None else {"socket_timeout": timeout_s,
+                                                               "socket_connect_timeout": timeout_s}
     if cluster:
-        return RedisCluster.from_url(url, decode_responses=False)
-    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10)
+        return RedisCluster.from_url(url, decode_responses=False, **timeouts)
+    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10, **timeouts)
 
 
 class LuaScript:
-    """A script from streams/lua/, called by EVALSHA; its SHA is computed locally, loaded on NOSCRIPT."""
+    """``<package>/lua/<name>.lua``, called by EVALSHA; its SHA is computed locally, loaded on NOSCRIPT.
 
-    def __init__(self, name: str) -> None:
+    ``include`` names scripts of the same folder prepended to it (Lua in Redis has no import).
+    """
+
+    def __init__(self, package: str, name: str, *, include: Sequence[str] = ()) -> None:
         self.name = name
-        self.source = resources.files("streams").joinpath("lua", f"{name}.lua").read_text()
+        folder = resources.files(package).joinpath("lua")
+        self.source = "\n".join(folder.joinpath(f"{n}.lua").read_text() for n in (*include, name))
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def load(self, client: AnyRedis) -> None:
