@@ -76,7 +76,7 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             mine = stock["sustained"]["attempts_per_s"]
             rows.append(("pipeline / naive agent", f"{mine / naive:.1f}x", "target >= 4x"))
             rows.append(("pipeline / ceiling", f"{mine / ceil * 100:.0f}%", "target >= 60%"))
-    for name in ("metrics", "dashboard"):
+    for name in ("decode", "metrics", "dashboard"):
         part = r.get(name)
         if part and "summary" in part:
             rows.extend((str(a), str(b), str(c)) for a, b, c in part["summary"])
@@ -128,7 +128,7 @@ def render(r: dict[str, Any]) -> str:
             "reader of the `order-decisions` topic receives the decision. The load generator column is the",
             "benchmark process itself (generator and reader), on the same cores.",
         ]
-    for name in ("metrics", "dashboard"):
+    for name in ("decode", "metrics", "dashboard"):
         part = r.get(name)
         if part and part.get("markdown"):
             lines += ["", str(part["markdown"])]

@@ -55,6 +55,8 @@ def run_all(which: str, opts: dict[str, Any], out: str, report: str | None) -> i
     log(f"flashsale bench {which}: {results['machine']['cores']} cores, {results['machine']['memory_gib']} GiB")
     stack = make_stack()
     try:
+        if which in ("all", "decode"):
+            results["decode"] = _optional(stack, "flashsale.bench.decode", opts)
         if which in ("all", "stock"):
             results["stock"] = bench_stock(stack, opts["rates"], opts["duration"], opts["backlog"], log)
         if which in ("all", "reference"):

@@ -62,7 +62,8 @@ def test_decision_from_events() -> None:
     assert a.event == accepted("o-1").to_dict()
     r = decision_from_event(rejected("o-2", "duplicate"))
     assert r is not None and (r.outcome, r.reason, r.reserved_until) == ("rejected", "duplicate", None)
-    expired = make_event(OrderExpired(order_id="o-1", sale_id="s", sku="k", qty=1), event_id="x", ts=1,
+    expired = make_event(OrderExpired(order_id="o-1", sale_id="s", sku="k", qty=1, cause="ttl"), event_id="x",
+                         ts=1_700_000_000_001,
                          room_id="r", user_id="u")
     assert decision_from_event(expired) is None
 
@@ -117,7 +118,7 @@ async def test_waiter_starts_at_the_end_and_survives_bad_records(broker: Broker,
             assert await waiter.wait("sale-1", "old", 0.3) is None  # decided before the waiter started
             await pub.send_raw(topics["order-decisions"], b"garbage", key=b"sku-1")
             await pub.send_raw(topics["order-decisions"], b"[]", key=b"sku-1")
-            like = make_event(ViewerLiked(), event_id="l", ts=1, room_id="r", user_id="u")
+            like = make_event(ViewerLiked(), event_id="l", ts=1_700_000_000_001, room_id="r", user_id="u")
             await pub.send_raw(topics["order-decisions"], orjson.dumps(like.to_dict()), key=b"sku-1")
             await pub.publish(accepted("new"))
             d = await waiter.wait("sale-1", "new", 10)
