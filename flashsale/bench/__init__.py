@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="flashsale bench",
         description="Run benchmarks on a throwaway embedded stack (Tansu + redis-server on free loopback ports). "
                     "Prints a table and writes JSON; 'all' also writes docs/BENCHMARKS.md.")
-    p.add_argument("which", nargs="?", default="all", choices=["all", "decode", "stock", "reference", "metrics", "dashboard"],
+    p.add_argument("which", nargs="?", default="all",
+                   choices=["all", "decode", "stock", "reference", "metrics", "dashboard"],
                    help="which benchmark (default: all)")
     p.add_argument("--rates", default="1000,5000,10000,15000", help="stock attempt rates per second")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per fixed-rate step (default 10)")
