@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis

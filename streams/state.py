@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
+from kernel.redis import AnyRedis, LuaScript, run_pipeline
 from schemas import keys as rk
 from streams.metrics import WorkerMetrics
-from kernel.redis import AnyRedis, LuaScript, run_pipeline
 
 OUTBOX_LEASE_MS = 10_000
 OUTBOX_BATCH = 1000

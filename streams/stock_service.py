@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
+from kernel.clock import now_ms
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import Event
 from schemas.topics import DECISIONS

@@ -13,10 +13,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from kernel.redis import connect
 from schemas.topics import ORDERS, TopicNames
 from streams.emit import Record
 from streams.metrics import WorkerMetrics
-from kernel.redis import connect
 from streams.settings import get_settings
 from streams.state import StockGateway
 from streams.stock_service import StockService

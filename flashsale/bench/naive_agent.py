@@ -11,11 +11,11 @@ from typing import Any
 
 import faust
 
+from kernel.redis import connect
 from schemas.codec import decode_record, encode_event
 from schemas.topics import TopicNames, partition_key
 from streams.app import FlashsaleApp
 from streams.metrics import WorkerMetrics
-from kernel.redis import connect
 from streams.settings import get_settings
 from streams.state import StockGateway
 from streams.stock_logic import decision_event, sale_of, to_op

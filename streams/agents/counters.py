@@ -12,12 +12,12 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from kernel.redis import AnyRedis, connect
 from schemas.topics import DECISIONS, ENGAGEMENT, ORDERS
 from streams.counters.gateway import CountersGateway
 from streams.counters.params import CounterParams
 from streams.counters.service import CountersService, Prepared, spike_configs
 from streams.emit import Record
-from kernel.redis import AnyRedis, connect
 from streams.resilience import process
 
 if TYPE_CHECKING:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from kernel.redis import connect
 from schemas.topics import ORDERS
 from streams.emit import Record
-from kernel.redis import connect
 from streams.resilience import TRANSIENT, process
 from streams.state import StockGateway
 from streams.stock_service import StockService

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import orjson
 
+from kernel.redis import AnyRedis, LuaScript, run_pipeline
 from schemas import keys
 from schemas.events import CHANNELS
 from streams.counters.params import CounterParams
 from streams.counters.rollups import Ops
 from streams.metrics import WorkerMetrics
-from kernel.redis import AnyRedis, LuaScript, run_pipeline
 
 
 class CounterScriptError(RuntimeError):

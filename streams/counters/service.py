@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import orjson
 
+from kernel.clock import now_ms
 from schemas import keys
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import SpikeDetected, make_event
