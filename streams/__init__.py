@@ -1,1 +1,1 @@
-"""Faust app and agents: real-time stock, spike counters and conversion metrics in Redis."""
+"""The stream worker: a Faust app whose agents keep stock (``stock/``) and counters (``counters/``) in Redis."""

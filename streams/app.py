@@ -2,45 +2,20 @@
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from typing import Any
 
 import faust
 from prometheus_client import CollectorRegistry
 
 from schemas.topics import DEFAULT_PARTITIONS, TopicNames
+from streams import web
+from streams.counters import agent as counters_agent
 from streams.metrics import WorkerMetrics
+from streams.pipeline import FlashsaleApp, Pipeline, RedisClients
 from streams.settings import WorkerSettings
+from streams.stock import agent as stock_agent
 
-logger = logging.getLogger(__name__)
-
-
-class FlashsaleApp(faust.App):
-    """faust.App plus the consumer fetch wait our transport reads (see streams.transport)."""
-
-    fetch_max_wait_ms: int = 50
-
-
-@dataclass
-class Pipeline:
-    """What agents need: settings, the app's topics, metrics; Redis gateways are made lazily."""
-
-    settings: WorkerSettings
-    app: FlashsaleApp
-    names: TopicNames
-    metrics: WorkerMetrics
-    orders: Any
-    engagement: Any
-    decisions: Any
-    alerts: Any
-    dead_letter: Any
-
-    async def send(self, logical: str, key: bytes, value: bytes) -> Any:
-        """Produce to a pipeline topic; returns a future resolved when the broker acknowledges."""
-        topic = {"order-decisions": self.decisions, "alerts": self.alerts, "dead-letter": self.dead_letter,
-                 "orders": self.orders, "engagement": self.engagement}[logical]
-        return await topic.send(key=key, value=value)
+AGENTS = {"stock": stock_agent.register, "counters": counters_agent.register}
 
 
 def _topic(app: faust.App, name: str, partitions: int) -> Any:
@@ -53,15 +28,23 @@ def create_app(settings: WorkerSettings, registry: CollectorRegistry | None = No
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     names = TopicNames(settings.topic_prefix)
     parts = {k: (settings.partitions if v > 1 else v) for k, v in DEFAULT_PARTITIONS.items()}
+    # Started and stopped with the app (a child service); agents stop before it closes the clients.
+    redis = RedisClients(settings)
+    app.add_dependency(redis)
     pipeline = Pipeline(
-        settings=settings, app=app, names=names, metrics=WorkerMetrics(registry),
+        settings=settings, app=app, names=names, metrics=WorkerMetrics(registry), redis=redis,
         orders=_topic(app, names.orders, parts["orders"]),
         engagement=_topic(app, names.engagement, parts["engagement"]),
         decisions=_topic(app, names.decisions, parts["order-decisions"]),
         alerts=_topic(app, names.alerts, parts["alerts"]),
         dead_letter=_topic(app, names.dead_letter, parts["dead-letter"]),
     )
-    from streams.agents import register_all
-
     register_all(pipeline)
     return pipeline
+
+
+def register_all(pipeline: Pipeline) -> None:
+    """Register the agents named in FLASHSALE_AGENTS (all by default) and the web pages."""
+    for name in pipeline.settings.agents:
+        AGENTS[name](pipeline)
+    web.register(pipeline)

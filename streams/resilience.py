@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka.errors import KafkaError
@@ -88,7 +87,3 @@ class InjectedFault(RuntimeError):
 def check_fault(marker: str | None, event_id: str) -> None:
     if marker and marker in event_id:
         raise InjectedFault(f"injected fault for event {event_id}")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

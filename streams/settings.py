@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kernel.env import ConfigError, Env, bootstrap_servers
@@ -41,7 +41,6 @@ class WorkerSettings:
     auto_create_topics: bool = True
     agents: tuple[str, ...] = ("stock", "counters")
     fault_inject: str | None = None  # chaos testing: events whose id contains this make handlers raise
-    broker_credentials: str | None = field(default=None, repr=False)
 
     @property
     def bootstrap(self) -> str:

@@ -6,16 +6,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import redis.asyncio as aioredis
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import Gauge
 from prometheus_client.exposition import choose_encoder
+from redis.exceptions import RedisError
 
-if TYPE_CHECKING:
-    from streams.app import Pipeline
+from streams.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def apply_lag(gauge: Gauge, assigned: Iterable[TP], lags: Mapping[TP, int],
 
 
 class Health:
-    """Group membership (from Faust's rebalance signals), a lazily made Redis client, and the lag series."""
+    """Group membership (from Faust's rebalance signals), Redis reachability and the lag series."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
@@ -66,7 +65,6 @@ class Health:
         self.joined = False
         self.assigned: frozenset[TP] = frozenset()
         self._exported: set[LagLabels] = set()
-        self._redis: Any = None
         self._metrics.up.set(0)
 
     async def on_assigned(self, *args: Any, **kwargs: Any) -> None:
@@ -92,21 +90,12 @@ class Health:
     def _labelled(self, tps: Iterable[TP]) -> list[TP]:
         return [self._label(tp) for tp in tps]
 
-    def redis(self) -> Any:
-        """The ping client, created on first use so that it belongs to the running loop."""
-        if self._redis is None:
-            s = self._pipeline.settings
-            cls = aioredis.RedisCluster if s.redis_cluster else aioredis.Redis
-            self._redis = cls.from_url(s.redis_url, socket_timeout=REDIS_TIMEOUT_S,
-                                       socket_connect_timeout=REDIS_TIMEOUT_S)
-        return self._redis
-
     async def redis_problem(self) -> str | None:
         """None when Redis answers PING; otherwise why not (never the URL: it may hold a password)."""
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(self.redis().ping(), REDIS_TIMEOUT_S * 2)
-        except (TimeoutError, aioredis.RedisError, OSError) as exc:
+            await asyncio.wait_for(self._pipeline.redis.probe().ping(), REDIS_TIMEOUT_S * 2)
+        except (TimeoutError, RedisError, OSError) as exc:
             self._metrics.redis_errors.labels(op="ping").inc()
             return f"redis did not answer PING: {type(exc).__name__}"
         self._metrics.redis_latency.labels(op="ping").observe(time.perf_counter() - started)
@@ -162,11 +151,6 @@ class Health:
                 lags[self._label(tp)] = lag
         self._exported = apply_lag(self._metrics.consumer_lag, self._labelled(assigned), lags, self._exported)
 
-    async def close(self, *_: Any, **__: Any) -> None:
-        client, self._redis = self._redis, None
-        if client is not None:
-            await client.aclose()
-
 
 def register(pipeline: Pipeline) -> None:
     install(pipeline)
@@ -178,7 +162,6 @@ def install(pipeline: Pipeline) -> Health:
     health = Health(pipeline)
     app.on_partitions_assigned.connect(health.on_assigned)
     app.on_partitions_revoked.connect(health.on_revoked)
-    app.on_before_shutdown.connect(health.close)
 
     @app.page("/metrics")
     async def metrics(self: View, request: Request) -> Response:

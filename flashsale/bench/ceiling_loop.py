@@ -18,8 +18,8 @@ from schemas.topics import ORDERS, TopicNames
 from streams.emit import Record
 from streams.metrics import WorkerMetrics
 from streams.settings import get_settings
-from streams.state import StockGateway
-from streams.stock_service import StockService
+from streams.stock.service import StockService
+from streams.stock.store import StockStore
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ async def run() -> None:
     async def send(logical: str, key: bytes, value: bytes) -> Any:
         return await producer.send(names.name(logical), value, key=key)
 
-    svc = StockService(StockGateway(connect(s.redis_url), metrics), metrics, send)
+    svc = StockService(StockStore(connect(s.redis_url), metrics), metrics, send)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:

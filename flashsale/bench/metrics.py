@@ -304,9 +304,9 @@ async def room_memory(client: aioredis.Redis, room: str, rate_per_room: float,
 async def _steady_memory(stack: BenchStack, rate: int, minutes: int, log: Log) -> dict[str, Any]:
     """Memory of one room once every window is full: ``minutes`` of event time at ``rate`` events/s
     applied straight through the counters' service (no broker: this measures Redis, not speed)."""
-    from streams.counters.gateway import CountersGateway
     from streams.counters.params import CounterParams
     from streams.counters.service import CountersService
+    from streams.counters.store import CountersStore
     from streams.emit import Record
     from streams.metrics import WorkerMetrics
 
@@ -320,7 +320,7 @@ async def _steady_memory(stack: BenchStack, rate: int, minutes: int, log: Log) -
         fut.set_result(None)
         return fut
 
-    svc = CountersService(CountersGateway(client, params, metrics), params, metrics, no_send, "engagement")
+    svc = CountersService(CountersStore(client, params, metrics), params, metrics, no_send, "engagement")
     gen = Generator([room], 5_000, seed=3)
     t0 = now_ms() - minutes * 60_000
     try:

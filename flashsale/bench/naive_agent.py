@@ -14,11 +14,11 @@ import faust
 from kernel.redis import connect
 from schemas.codec import decode_record, encode_event
 from schemas.topics import TopicNames, partition_key
-from streams.app import FlashsaleApp
 from streams.metrics import WorkerMetrics
+from streams.pipeline import FlashsaleApp
 from streams.settings import get_settings
-from streams.state import StockGateway
-from streams.stock_logic import decision_event, sale_of, to_op
+from streams.stock.logic import decision_event, sale_of, to_op
+from streams.stock.store import StockStore
 
 
 def build() -> FlashsaleApp:
@@ -29,13 +29,13 @@ def build() -> FlashsaleApp:
     orders = app.topic(names.orders, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     decisions = app.topic(names.decisions, key_type=bytes, value_type=bytes, key_serializer="raw",
                           value_serializer="raw")
-    holder: dict[str, StockGateway] = {}
+    holder: dict[str, StockStore] = {}
 
     @app.agent(orders, name="naive.stock")
     async def naive(stream: Any) -> None:
         async for value in stream:
             if "gw" not in holder:
-                holder["gw"] = StockGateway(connect(s.redis_url), WorkerMetrics())
+                holder["gw"] = StockStore(connect(s.redis_url), WorkerMetrics())
             for event in decode_record(value).events:
                 op, sale_id = to_op(event), sale_of(event)
                 if op is None or sale_id is None:

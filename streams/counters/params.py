@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 SECOND_MS = 1000
-MINUTE_MS = 60_000
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from schemas import keys
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import SpikeDetected, make_event
 from schemas.topics import ALERTS, DECISIONS, ENGAGEMENT, ORDERS, logical_topic
-from streams.counters.gateway import ApplyResult, CountersGateway, SpikeStore
 from streams.counters.params import CounterParams
 from streams.counters.rollups import (
     ORDER_TYPES,
@@ -27,6 +26,7 @@ from streams.counters.rollups import (
     order_sale_ops,
 )
 from streams.counters.spike import SpikeConfig, SpikeState, evaluate
+from streams.counters.store import ApplyResult, CountersStore, SpikeStore
 from streams.emit import Outbound, Record, SendFn, bad, flush
 from streams.metrics import WorkerMetrics
 from streams.resilience import check_fault
@@ -64,12 +64,12 @@ def spike_configs(p: CounterParams) -> tuple[SpikeConfig, SpikeConfig]:
 class CountersService:
     """Handles batches of one logical topic (engagement, orders or order-decisions)."""
 
-    def __init__(self, gateway: CountersGateway, params: CounterParams, metrics: WorkerMetrics, send: SendFn,
+    def __init__(self, store: CountersStore, params: CounterParams, metrics: WorkerMetrics, send: SendFn,
                  topic: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, clock: Callable[[], int] = now_ms,
                  owns_orders_input: bool = False, fault_marker: str | None = None) -> None:
         if topic not in (ENGAGEMENT, ORDERS, DECISIONS):
             raise ValueError(f"counters do not consume {topic!r}")
-        self.gateway = gateway
+        self.store = store
         self.params = params
         self.metrics = metrics
         self.send = send
@@ -125,28 +125,28 @@ class CountersService:
         out = prepared.out
         stores: list[SpikeStore] = []
         if self.topic == ENGAGEMENT:
-            results = await self.gateway.apply_rooms(self.stream, prepared.rooms, ROOM_EVENTS[0],
+            results = await self.store.apply_rooms(self.stream, prepared.rooms, ROOM_EVENTS[0],
                                                      self.room_spikes.window_s)
             self._account(prepared.rooms, results)
             stores += self._spikes("room", prepared.rooms, results, ROOM_EVENTS, self.room_spikes, out)
         elif self.topic == ORDERS:
             sales = prepared.sales
-            sale_results = await self.gateway.apply_sales(self.stream, sales, SALE_ATTEMPTS[0],
+            sale_results = await self.store.apply_sales(self.stream, sales, SALE_ATTEMPTS[0],
                                                           self.sale_spikes.window_s)
             paid = {(sale_id, eid): amount for sale_id, r in sale_results.items() for eid, amount in r.paid.items()}
             rooms = order_room_ops(prepared.items, paid)
-            room_results = await self.gateway.apply_rooms(self.stream, rooms, ROOM_ORDERS[0],
+            room_results = await self.store.apply_rooms(self.stream, rooms, ROOM_ORDERS[0],
                                                           self.room_spikes.window_s)
             self._account(rooms, room_results)
             stores += self._spikes("sale", sales, sale_results, SALE_ATTEMPTS, self.sale_spikes, out)
             stores += self._spikes("room", rooms, room_results, ROOM_ORDERS, self.room_spikes, out)
         else:
-            results = await self.gateway.apply_sales(self.stream, prepared.sales)
+            results = await self.store.apply_sales(self.stream, prepared.sales)
             self._account(prepared.sales, results)
         # Alerts are delivered before the detector state is stored: a crash in between re-sends
         # the same alert id (consumers dedupe by event_id) instead of losing it.
         await flush(self.send, out, self.max_record_bytes)
-        await self.gateway.store_spikes(stores)
+        await self.store.store_spikes(stores)
 
     def _misplaced(self, misplaced: list[Item], records: Sequence[Record], out: Outbound) -> None:
         by_pos = {(r.partition, r.offset): r for r in records}

@@ -122,7 +122,7 @@ def test_prometheus_scrapes_a_running_worker(broker: Broker, topics: dict[str, s
                                             prometheus: ManagedProcess, prometheus_port: int,
                                             tmp_path: Path) -> None:
     env = dict(worker_env)
-    have_counters = importlib.util.find_spec("streams.agents.counters") is not None
+    have_counters = importlib.util.find_spec("streams.counters.agent") is not None
     env["FLASHSALE_AGENTS"] = "stock,counters" if have_counters else "stock"
     worker = start_worker(env, tmp_path, name="worker")
     try:

@@ -35,7 +35,7 @@ def counters_available() -> bool:
     """The suite runs and checks the counters agent when it exists (FAULTS_AGENTS=stock opts out)."""
     if os.environ.get("FAULTS_AGENTS", "stock,counters") == "stock":
         return False
-    return importlib.util.find_spec("streams.agents.counters") is not None
+    return importlib.util.find_spec("streams.counters.agent") is not None
 
 
 @dataclass

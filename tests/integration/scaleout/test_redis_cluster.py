@@ -14,8 +14,8 @@ from redis.crc import key_slot
 from schemas import keys as rk
 from schemas.events import Event
 from streams.metrics import WorkerMetrics
-from streams.state import StockGateway, _sale_keys
-from streams.stock_logic import to_op
+from streams.stock.logic import to_op
+from streams.stock.store import StockStore, _sale_keys
 from tests.conftest import Broker
 from tests.integration.scaleout.conftest import RedisClusterHandle
 from tests.integration.scaleout.helpers import (
@@ -91,7 +91,7 @@ async def test_noscript_on_one_node_reloads_and_reruns_only_there(redis_cluster:
     other nodes are not replayed (a replay would be harmless, but would come back flagged replay)."""
     now = int(time.time() * 1000)
     sales = await spread_sale_ids(cluster_client, 4)
-    gw = StockGateway(cluster_client, WorkerMetrics())
+    gw = StockStore(cluster_client, WorkerMetrics())
     opened = await gw.apply({s: [op(sale_opened(sale_id=s, sku=f"k{s}", ts=now, starts=now - 1000,
                                                    ends=now + 600_000, room=f"room-{s}"))] for s in sales}, now)
     assert all(r.error is None for r in opened.values())

@@ -14,8 +14,8 @@ from schemas.codec import encode_batch, encode_event
 from schemas.events import Event
 from streams.emit import Record
 from streams.metrics import WorkerMetrics
-from streams.state import StockGateway
-from streams.stock_service import StockService
+from streams.stock.service import StockService
+from streams.stock.store import StockStore
 from tests.integration.stock.helpers import T0, burst, cancelled, closed, order, paid, sale_opened
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ async def sale_state(client: aioredis.Redis, sale_id: str = "s1") -> dict[str, s
 def svc_parts(redis_client: aioredis.Redis) -> tuple[StockService, Sink, Clock]:
     sink, clock = Sink(), Clock(T0 + 5000)
     metrics = WorkerMetrics()
-    return StockService(StockGateway(redis_client, metrics), metrics, sink.send, clock=clock), sink, clock
+    return StockService(StockStore(redis_client, metrics), metrics, sink.send, clock=clock), sink, clock
 
 
 async def run_all(svc: StockService, recs: list[Record], per_call: int = 50) -> None:
@@ -187,7 +187,7 @@ async def test_handler_fault_dead_letters_only_the_failing_event(redis_client: a
     from streams.resilience import process
 
     sink, metrics = Sink(), WorkerMetrics()
-    svc = StockService(StockGateway(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000),
+    svc = StockService(StockStore(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000),
                        fault_marker="POISON")
     batch = [sale_opened(allotment=10), order("a", "u1", T0 + 1), order("b", "u2", T0 + 2, event_id="e-POISON-b"),
              order("c", "u3", T0 + 3)]
@@ -209,7 +209,7 @@ async def test_each_worker_sweeps_only_the_sales_on_its_partitions(redis_client:
     owned: dict[str, set[int] | None] = {"w0": {0}, "w1": {1}}
     sinks = {w: Sink() for w in owned}
     metrics = {w: WorkerMetrics() for w in owned}
-    svcs = {w: StockService(StockGateway(redis_client, metrics[w]), metrics[w], sinks[w].send, clock=clock,
+    svcs = {w: StockService(StockStore(redis_client, metrics[w]), metrics[w], sinks[w].send, clock=clock,
                             owned_partitions=lambda w=w: owned[w]) for w in owned}
 
     def on(partition: int, events: list[Event]) -> list[Record]:
@@ -258,7 +258,7 @@ async def test_attempts_before_the_sale_opens_count_however_batched(redis_client
     """Orders that arrive before sale.opened are rejected sale_not_active and counted, whether they
     share a batch with the opening or not (the audit recounts every logged attempt)."""
     sink, metrics = Sink(), WorkerMetrics()
-    svc = StockService(StockGateway(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000))
+    svc = StockService(StockStore(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000))
     early = [order("e1", "u1", T0 - 10), order("e2", "u2", T0 - 5), order("e1", "u1", T0 - 4, event_id="e1-again")]
     later = [sale_opened(allotment=5), order("ok", "u3", T0 + 100)]
     if together:
@@ -279,7 +279,7 @@ async def test_an_op_failing_inside_the_script_leaves_stock_consistent(redis_cli
     call accepted an order (orders, users and deadlines written); the sale hash must count it, the
     failing op is dead-lettered, the ops after it apply, and a replay changes nothing."""
     sink, metrics = Sink(), WorkerMetrics()
-    svc = StockService(StockGateway(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000))
+    svc = StockService(StockStore(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000))
     await svc.handle(records([sale_opened(allotment=2)]))
     await redis_client.hset(rk.sale_orders("s1"), "corrupt", b"not json")
     batch = records([order("a", "u1", T0 + 1), paid("corrupt", "u9", T0 + 2), order("b", "u2", T0 + 3),
@@ -308,7 +308,7 @@ async def test_stock_adjusted_restocks_and_removes_never_below_available(redis_c
                           room_id="room-1", user_id="host")
 
     sink, metrics = Sink(), WorkerMetrics()
-    svc = StockService(StockGateway(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000))
+    svc = StockService(StockStore(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000))
     await svc.handle(records([sale_opened(allotment=2), order("a", "u1", T0 + 1), order("b", "u2", T0 + 2)]))
     st = await sale_state(redis_client)
     assert (st["available"], st["soldout"]) == ("0", "1")

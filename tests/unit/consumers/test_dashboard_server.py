@@ -22,13 +22,13 @@ from schemas import keys as rk
 from schemas.codec import encode_batch
 from schemas.events import OrderPlaced, SaleOpened, ViewerJoined, ViewerLiked, make_event
 from schemas.topics import DECISIONS, ENGAGEMENT, ORDERS
-from streams.counters.gateway import CountersGateway
 from streams.counters.params import CounterParams
 from streams.counters.service import CountersService
+from streams.counters.store import CountersStore
 from streams.emit import Record
 from streams.metrics import WorkerMetrics
-from streams.state import StockGateway
-from streams.stock_service import StockService
+from streams.stock.service import StockService
+from streams.stock.store import StockStore
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -172,9 +172,9 @@ async def seed_room(redis: aioredis.Redis, room: str, sale_id: str, allotment: i
                          channel="live_room") for i in range(orders)]
     metrics = WorkerMetrics(CollectorRegistry())
     sink = Sink()
-    stock = StockService(StockGateway(redis, metrics), metrics, sink.send)
+    stock = StockService(StockStore(redis, metrics), metrics, sink.send)
     params = CounterParams()
-    counters = CountersGateway(redis, params, metrics)
+    counters = CountersStore(redis, params, metrics)
 
     def service(topic: str) -> CountersService:
         return CountersService(counters, params, metrics, sink.send, topic)

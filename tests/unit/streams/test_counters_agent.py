@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streams.agents.counters import chunks
+from streams.counters.agent import chunks
 
 
 @dataclass

@@ -41,9 +41,9 @@ from schemas.events import (
     make_event,
 )
 from schemas.topics import DECISIONS, ENGAGEMENT, ORDERS, logical_topic, partition_key
-from streams.counters.gateway import CountersGateway
 from streams.counters.params import CounterParams
 from streams.counters.service import CountersService
+from streams.counters.store import CountersStore
 from streams.emit import Record
 from streams.metrics import WorkerMetrics
 
@@ -222,7 +222,7 @@ class Harness:
     def __init__(self, client: aioredis.Redis, params: CounterParams = PARAMS) -> None:
         self.metrics = WorkerMetrics()
         self.sink = Sink()
-        gw = CountersGateway(client, params, self.metrics)
+        gw = CountersStore(client, params, self.metrics)
         self.services = {t: CountersService(gw, params, self.metrics, self.sink.send, t)
                          for t in (ENGAGEMENT, ORDERS, DECISIONS)}
 
@@ -724,7 +724,7 @@ async def test_a_failing_record_is_dead_lettered_and_the_rest_applied(redis_clie
 
     metrics = WorkerMetrics()
     sink = Sink()
-    svc = CountersService(CountersGateway(redis_client, PARAMS, metrics), PARAMS, metrics, sink.send, ENGAGEMENT,
+    svc = CountersService(CountersStore(redis_client, PARAMS, metrics), PARAMS, metrics, sink.send, ENGAGEMENT,
                           fault_marker="boom")
     good = [make_event(ViewerJoined(), event_id=f"ok{i}", ts=T0 + i, room_id="rf", user_id=f"u{i}") for i in range(3)]
     bad = make_event(ViewerJoined(), event_id="boom-1", ts=T0 + 5, room_id="rf", user_id="x")

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 from flashsale.embedded import free_port
 from schemas.topics import TopicNames
 from streams import web
-from streams.app import FlashsaleApp, Pipeline
 from streams.metrics import WorkerMetrics
+from streams.pipeline import FlashsaleApp, Pipeline, RedisClients
 from streams.settings import WorkerSettings, get_settings
 
 
@@ -30,8 +30,8 @@ def _pipeline(settings: WorkerSettings) -> Pipeline:
     # Only the web module is registered: the page code must not need the agents.
     app = FlashsaleApp(settings.app_id, **settings.faust_options())
     return Pipeline(settings=settings, app=app, names=TopicNames(settings.topic_prefix),
-                    metrics=WorkerMetrics(CollectorRegistry()), orders=None, engagement=None, decisions=None,
-                    alerts=None, dead_letter=None)
+                    metrics=WorkerMetrics(CollectorRegistry()), redis=RedisClients(settings), orders=None,
+                    engagement=None, decisions=None, alerts=None, dead_letter=None)
 
 
 async def _worker(redis_url: str) -> AsyncIterator[Worker]:
@@ -45,7 +45,7 @@ async def _worker(redis_url: str) -> AsyncIterator[Worker]:
         yield Worker(pipeline, health, client)
     finally:
         await client.close()
-        await health.close()
+        await pipeline.redis.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The counters' Redis gateway: one pipelined round trip of Lua calls per batch, NOSCRIPT-safe."""
+"""The counters' Redis store: one pipelined round trip of Lua calls per batch, NOSCRIPT-safe."""
 
 from __future__ import annotations
 
@@ -59,10 +59,10 @@ def _result(raw: Sequence[Any], paid_ids: Sequence[str] = ()) -> ApplyResult:
 
 def counters_script(name: str) -> LuaScript:
     """A counters script with the shared counters_lib.lua prepended."""
-    return LuaScript("streams", name, include=("counters_lib",))
+    return LuaScript("streams.counters", name, include=("counters_lib",))
 
 
-class CountersGateway:
+class CountersStore:
     """Applies room and sale operation lists and stores spike states; hides keys and Lua."""
 
     def __init__(self, client: AnyRedis, params: CounterParams, metrics: WorkerMetrics,
@@ -73,7 +73,7 @@ class CountersGateway:
         self.lookback_s = lookback_s
         self.room = counters_script("counters_room")
         self.sale = counters_script("counters_sale")
-        self.spike = LuaScript("streams", "counters_spike")
+        self.spike = LuaScript("streams.counters", "counters_spike")
         self.scripts = [self.room, self.sale, self.spike]
 
     async def _run(self, op: str, build: Any) -> list[Any]:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from kernel.redis import connect
 from schemas.topics import ORDERS
 from streams.emit import Record
+from streams.pipeline import Pipeline
 from streams.resilience import TRANSIENT, process
-from streams.state import StockGateway
-from streams.stock_service import StockService
-
-if TYPE_CHECKING:
-    from streams.app import Pipeline
+from streams.stock.service import StockService
+from streams.stock.store import StockStore
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +31,7 @@ def register(p: Pipeline) -> None:
     def service() -> StockService:
         # Created on first use, inside the worker's running loop (no I/O at import or build time).
         if "svc" not in holder:
-            client = connect(p.settings.redis_url, p.settings.redis_cluster)
-            holder["svc"] = StockService(StockGateway(client, p.metrics), p.metrics, p.send,
+            holder["svc"] = StockService(StockStore(p.redis.main(), p.metrics), p.metrics, p.send,
                                          max_record_bytes=p.settings.max_record_bytes,
                                          fault_marker=p.settings.fault_inject,
                                          owned_partitions=lambda: owned_orders_partitions(p))

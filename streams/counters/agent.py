@@ -10,18 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from kernel.redis import AnyRedis, connect
 from schemas.topics import DECISIONS, ENGAGEMENT, ORDERS
-from streams.counters.gateway import CountersGateway
 from streams.counters.params import CounterParams
 from streams.counters.service import CountersService, Prepared, spike_configs
+from streams.counters.store import CountersStore
 from streams.emit import Record
+from streams.pipeline import Pipeline
 from streams.resilience import process
-
-if TYPE_CHECKING:
-    from streams.app import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +53,9 @@ def register(p: Pipeline) -> None:
     def service(topic: str) -> CountersService:
         # Created on first use, inside the worker's running loop (no I/O at import or build time).
         if topic not in holder:
-            if "redis" not in holder:
-                client: AnyRedis = connect(p.settings.redis_url, p.settings.redis_cluster)
-                holder["redis"] = client
-                holder["gateway"] = CountersGateway(client, params, p.metrics, lookback_s=lookback)
-            holder[topic] = CountersService(holder["gateway"], params, p.metrics, p.send, topic,
+            if "store" not in holder:
+                holder["store"] = CountersStore(p.redis.main(), params, p.metrics, lookback_s=lookback)
+            holder[topic] = CountersService(holder["store"], params, p.metrics, p.send, topic,
                                             max_record_bytes=p.settings.max_record_bytes,
                                             owns_orders_input=stock_absent,
                                             fault_marker=getattr(p.settings, "fault_inject", None))
@@ -111,10 +106,3 @@ def register(p: Pipeline) -> None:
 
     for topic, channel in ((ENGAGEMENT, p.engagement), (ORDERS, p.orders), (DECISIONS, p.decisions)):
         agent(topic, channel)
-
-    async def close(*_: Any, **__: Any) -> None:
-        client = holder.pop("redis", None)
-        if client is not None:
-            await client.aclose()
-
-    p.app.on_before_shutdown.connect(close)

@@ -16,23 +16,22 @@ from schemas.topics import DECISIONS
 from streams.emit import Outbound, Record, SendFn, bad, flush
 from streams.metrics import WorkerMetrics
 from streams.resilience import check_fault
-from streams.state import SaleBatchResult, StockGateway
-from streams.stock_logic import BAD_STATUSES, decision_event, outbox_event, sale_of, to_op
+from streams.stock.logic import BAD_STATUSES, decision_event, outbox_event, sale_of, to_op
+from streams.stock.store import SaleBatchResult, StockStore
 
 logger = logging.getLogger(__name__)
-
 
 
 class StockService:
     """Decides order attempts for a batch of records from the orders topic."""
 
-    def __init__(self, gateway: StockGateway, metrics: WorkerMetrics, send: SendFn,
+    def __init__(self, store: StockStore, metrics: WorkerMetrics, send: SendFn,
                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, clock: Callable[[], int] = now_ms,
                  fault_marker: str | None = None,
                  owned_partitions: Callable[[], set[int] | None] | None = None) -> None:
         """``owned_partitions`` returns the orders partitions this worker owns now (None: unknown);
         without it the sweeper walks every active sale (one worker, or tests)."""
-        self.gateway = gateway
+        self.store = store
         self.owned_partitions = owned_partitions
         self._partition_of: dict[str, int] = {}  # sale → orders partition already recorded in Redis
         self.fault_marker = fault_marker
@@ -68,7 +67,7 @@ class StockService:
         for (topic, type_), n in consumed.items():
             self.metrics.events_consumed.labels(topic, type_).inc(n)
         if ops:
-            results = await self.gateway.apply(ops, self.clock(), moved)
+            results = await self.store.apply(ops, self.clock(), moved)
             self._partition_of.update(moved)
             for sale_id, res in list(results.items()):
                 if res.error is not None:
@@ -87,7 +86,7 @@ class StockService:
             for item in items:
                 self._add_outbox(item, out)
         await flush(self.send, out, self.max_record_bytes)
-        await self.gateway.ack_outbox(outbox)
+        await self.store.ack_outbox(outbox)
 
     async def _isolate(self, sale_id: str, ops: list[dict[str, Any]], srcs: list[tuple[Event, Record]],
                        error: Exception, out: Outbound) -> SaleBatchResult:
@@ -99,7 +98,7 @@ class StockService:
         results: list[dict[str, Any]] = []
         outbox: list[bytes] = []
         for op, (event, rec) in zip(ops, srcs, strict=True):
-            single = (await self.gateway.apply({sale_id: [op]}, self.clock()))[sale_id]
+            single = (await self.store.apply({sale_id: [op]}, self.clock()))[sale_id]
             if single.results is None:
                 self._reject_failed(event, rec, single.error, out)
                 results.append({"op": "failed"})
@@ -146,7 +145,7 @@ class StockService:
         """Release due reservations of the active sales this worker owns (every active sale if
         ownership is unknown); emit order.expired; refresh gauges."""
         sales = await self._sales_to_sweep()
-        stocks, outbox = await self.gateway.sweep(sales, self.clock())
+        stocks, outbox = await self.store.sweep(sales, self.clock())
         out = Outbound()
         for items in outbox.values():
             for item in items:
@@ -157,20 +156,20 @@ class StockService:
             elif event.type == "sale.sold_out":
                 self.metrics.sales_sold_out.inc()
         await flush(self.send, out, self.max_record_bytes)
-        await self.gateway.ack_outbox(outbox)
+        await self.store.ack_outbox(outbox)
         self._gauges(stocks)
         retired = [s.sale_id for s in stocks if s.status == "closed" and s.pending == 0]
-        await self.gateway.retire(retired)
+        await self.store.retire(retired)
         return sum(s.released for s in stocks)
 
     async def _sales_to_sweep(self) -> list[str]:
         """Active sales on owned partitions, plus those with no recorded partition (swept by every
         worker: the scripts are idempotent, so that costs calls, never a double release)."""
-        sales = await self.gateway.active_sales()
+        sales = await self.store.active_sales()
         owned = self.owned_partitions() if self.owned_partitions is not None else None
         if owned is None or not sales:
             return sales
-        where = await self.gateway.sale_partitions(sales)
+        where = await self.store.sale_partitions(sales)
         return [s for s in sales if s not in where or where[s] in owned]
 
     def _gauges(self, stocks: list[Any]) -> None:

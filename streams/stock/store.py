@@ -1,4 +1,4 @@
-"""The Redis gateway of the stock core: Lua and key names behind a few batch methods."""
+"""The stock core's Redis store: Lua and key names behind a few batch methods."""
 
 from __future__ import annotations
 
@@ -45,13 +45,13 @@ class SaleBatchResult:
     outbox: list[bytes]
 
 
-class StockGateway:
+class StockStore:
     def __init__(self, client: AnyRedis, metrics: WorkerMetrics) -> None:
         self.client = client
         self.metrics = metrics
-        self.stock = LuaScript("streams", "stock")
-        self.sweep_script = LuaScript("streams", "sweep")
-        self.drain = LuaScript("streams", "drain")
+        self.stock = LuaScript("streams.stock", "stock")
+        self.sweep_script = LuaScript("streams.stock", "sweep")
+        self.drain = LuaScript("streams.stock", "drain")
         self.scripts = [self.stock, self.sweep_script, self.drain]
 
     async def _run(self, op: str, build: Any) -> list[Any]:

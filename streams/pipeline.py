@@ -1,0 +1,82 @@
+"""What agents are given: the app, its topics, settings, metrics, and the service owning the worker's Redis clients."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from mode import Service
+
+from kernel.redis import AnyRedis, connect
+from schemas.topics import TopicNames
+from streams.metrics import WorkerMetrics
+from streams.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 1.0  # the /readyz ping's connect and reply timeout
+
+
+class FlashsaleApp(faust.App):
+    """faust.App plus the consumer fetch wait our transport reads (see streams.transport)."""
+
+    fetch_max_wait_ms: int = 50
+
+
+class RedisClients(Service):
+    """Owns the worker's Redis clients: each is made on first use (inside the running loop, so no
+    I/O at import or build time) and all are closed when the app stops."""
+
+    def __init__(self, settings: WorkerSettings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._settings = settings
+        self._clients: dict[str, AnyRedis] = {}
+
+    def main(self) -> AnyRedis:
+        """The client the agents' stores share (stock and counters)."""
+        return self._get("main", None)
+
+    def probe(self) -> AnyRedis:
+        """A client with short timeouts for /readyz, so a hung Redis cannot hang the health check."""
+        return self._get("probe", PROBE_TIMEOUT_S)
+
+    def _get(self, name: str, timeout_s: float | None) -> AnyRedis:
+        if self.should_stop:
+            raise ConnectionError("the worker is stopping; no new Redis clients")
+        client = self._clients.get(name)
+        if client is None:
+            s = self._settings
+            client = self._clients[name] = connect(s.redis_url, s.redis_cluster, timeout_s=timeout_s)
+        return client
+
+    async def on_stop(self) -> None:
+        clients, self._clients = self._clients, {}
+        for name, client in clients.items():
+            try:
+                await client.aclose()
+            except Exception as exc:  # closing a broken connection: nothing left to release
+                logger.debug("closing the %s Redis client: %r", name, exc)
+
+
+@dataclass
+class Pipeline:
+    """What agents need: settings, the app's topics, metrics and the Redis clients' owner."""
+
+    settings: WorkerSettings
+    app: FlashsaleApp
+    names: TopicNames
+    metrics: WorkerMetrics
+    redis: RedisClients
+    orders: Any
+    engagement: Any
+    decisions: Any
+    alerts: Any
+    dead_letter: Any
+
+    async def send(self, logical: str, key: bytes, value: bytes) -> Any:
+        """Produce to a pipeline topic; returns a future resolved when the broker acknowledges."""
+        topic = {"order-decisions": self.decisions, "alerts": self.alerts, "dead-letter": self.dead_letter,
+                 "orders": self.orders, "engagement": self.engagement}[logical]
+        return await topic.send(key=key, value=value)
