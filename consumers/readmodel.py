@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import orjson
 
+from kernel.redis import queue_pfcount
 from schemas import keys
 from schemas.events import CHANNELS, REJECT_REASONS
 
@@ -133,7 +134,7 @@ async def room_snapshot(redis: Any, room_id: str, now_ms: int) -> dict[str, Any]
     pipe = redis.pipeline(transaction=False)
     pipe.zcount(keys.room_online(room_id), now - _i(h.get("stale"), DEFAULT_STALE_MS), "+inf")
     pipe.hmget(keys.room_series(room_id), series_fields)
-    pipe.pfcount(keys.room_hll(room_id, "viewers"))
+    queue_pfcount(pipe, keys.room_hll(room_id, "viewers"))
     pipe.smembers(keys.room_sales(room_id))
     online, series_raw, unique_viewers, sale_ids = await pipe.execute()
 
@@ -276,14 +277,14 @@ async def room_funnel(redis: Any, room_id: str, channel: str | None, now_ms: int
     for stage in keys.STAGES:
         names = stage_keys(room_id, stage, ch, sk, skus)
         if names:
-            pipe.pfcount(*names)
+            queue_pfcount(pipe, *names)
         else:
             pipe.exists(keys.room_base(room_id) + ":none")  # a 0 in the stage's slot
     pipe.hmget(keys.room_funnel(room_id), mfields)
     if windowed:
         for stage in keys.STAGES:
-            pipe.pfcount(*[keys.room_hll_minute(room_id, m, stage, ch, keys.ALL if stage == "viewers" else sk)
-                           for m in minutes])
+            queue_pfcount(pipe, *[keys.room_hll_minute(room_id, m, stage, ch, keys.ALL if stage == "viewers" else sk)
+                                  for m in minutes])
         for m in minutes:
             pipe.hmget(keys.room_funnel_minute(room_id, m), mfields)
     res = await pipe.execute()

@@ -24,6 +24,17 @@ def connect(url: str, cluster: bool = False, *, timeout_s: float | None = None) 
     return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10, **timeouts)
 
 
+def queue_pfcount(pipe: Any, *names: str) -> None:
+    """Queue PFCOUNT (of one HyperLogLog, or of the union of several) on a pipeline of either client.
+
+    Not ``pipe.pfcount()``: redis-py blocks that name in cluster pipelines, since a multi-key
+    PFCOUNT may span slots. The raw command is the same bytes on a single node, and a cluster
+    pipeline routes it by its keys, so all of ``names`` must share one slot (a room's keys do: they
+    share the hash tag ``{r:<room>}``); the reply is the count, as from ``pfcount()``.
+    """
+    pipe.execute_command("PFCOUNT", *names)
+
+
 class LuaScript:
     """``<package>/lua/<name>.lua``, called by EVALSHA; its SHA is computed locally, loaded on NOSCRIPT.
 

@@ -10,11 +10,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from consumers.decisions import Decision, DecisionWaiter
+from kernel.redis import connect
 from schemas.codec import encode_event
 from schemas.events import Event, OrderPlaced, ValidationError, check_event, make_event, parse_event
 from schemas.topics import TopicNames, partition_key
@@ -151,7 +151,7 @@ class Publisher:
     def __init__(self, bootstrap: str, *, topic_prefix: str = "flashsale.", acks: str | int = "all",
                  linger_ms: int = 5, compression: str | None = None, enable_idempotence: bool = False,
                  max_batch_events: int = 500, max_batch_bytes: int = 900_000, redis_url: str | None = None,
-                 timeout_s: float = 10.0, client_id: str = "flashsale-sdk") -> None:
+                 redis_cluster: bool = False, timeout_s: float = 10.0, client_id: str = "flashsale-sdk") -> None:
         if max_batch_events < 1:
             raise ValueError("max_batch_events must be >= 1")
         self.bootstrap = bootstrap
@@ -166,6 +166,7 @@ class Publisher:
             "max_batch_size": 256 * 1024, "request_timeout_ms": int(timeout_s * 1000),
         }
         self._redis_url = redis_url
+        self._redis_cluster = redis_cluster
         self._producer: AIOKafkaProducer | None = None
         self._waiter: DecisionWaiter | None = None
         self._redis: Any = None
@@ -175,7 +176,8 @@ class Publisher:
     def from_settings(cls, s: PublisherSettings) -> Publisher:
         return cls(s.bootstrap, topic_prefix=s.topic_prefix, acks=s.acks, linger_ms=s.linger_ms,
                    compression=s.compression, enable_idempotence=s.idempotence, max_batch_events=s.batch_events,
-                   max_batch_bytes=s.batch_bytes, redis_url=s.redis_url, timeout_s=s.timeout_ms / 1000)
+                   max_batch_bytes=s.batch_bytes, redis_url=s.redis_url, redis_cluster=s.redis_cluster,
+                   timeout_s=s.timeout_ms / 1000)
 
     @property
     def started(self) -> bool:
@@ -285,7 +287,7 @@ class Publisher:
         async with self._waiter_lock:
             if self._waiter is None:
                 if self._redis_url is not None and self._redis is None:
-                    self._redis = aioredis.Redis.from_url(self._redis_url)
+                    self._redis = connect(self._redis_url, self._redis_cluster)
                 waiter = DecisionWaiter(self.bootstrap, self.names.decisions, redis=self._redis,
                                         start_timeout_s=self.timeout_s)
                 await waiter.start()

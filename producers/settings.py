@@ -23,6 +23,7 @@ class PublisherSettings:
     batch_bytes: int = 900_000
     timeout_ms: int = 10_000
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # may hold a password
+    redis_cluster: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -52,6 +53,7 @@ def get_settings(environ: Mapping[str, str] | None = None) -> PublisherSettings:
         batch_bytes=env.int("PRODUCER_BATCH_BYTES", PublisherSettings.batch_bytes, min=1024, max=100_000_000),
         timeout_ms=env.int("PRODUCER_TIMEOUT_MS", PublisherSettings.timeout_ms, min=100, max=600_000),
         redis_url=env.str("REDIS_URL", PublisherSettings.redis_url),
+        redis_cluster=env.bool("REDIS_CLUSTER", PublisherSettings.redis_cluster),
     )
     settings.bootstrap  # noqa: B018 - fail here, not at first use, on a URL without a host
     return settings

@@ -72,6 +72,8 @@ def parse(argv: list[str] | None, settings: SimulatorSettings) -> argparse.Names
                    help=f"topic prefix (default {settings.publisher.topic_prefix!r}, FLASHSALE_TOPIC_PREFIX)")
     r.add_argument("--redis", default=settings.publisher.redis_url,
                    help="Redis URL to look up decisions that were missed on the topic (default FLASHSALE_REDIS_URL)")
+    r.add_argument("--redis-cluster", action="store_true", default=settings.publisher.redis_cluster,
+                   help="talk Redis Cluster protocol to --redis (default FLASHSALE_REDIS_CLUSTER)")
     r.add_argument("--no-feedback", action="store_true", default=not settings.feedback,
                    help="do not read decisions: pay for the orders a reference stock model accepts")
     r.add_argument("--feedback-grace", type=float, default=settings.feedback_grace_s,
@@ -144,7 +146,7 @@ async def simulate(args: argparse.Namespace, settings: SimulatorSettings) -> int
     from schemas.topics import TopicNames
 
     pub_settings = dataclasses.replace(settings.publisher, broker_url=args.broker, topic_prefix=args.prefix,
-                                       redis_url=args.redis)
+                                       redis_url=args.redis, redis_cluster=args.redis_cluster)
     bootstrap = pub_settings.bootstrap
     if not args.no_create_topics:
         await asyncio.wait_for(ensure_topics(bootstrap, args.prefix, settings.partitions), 30)
@@ -167,9 +169,9 @@ async def simulate(args: argparse.Namespace, settings: SimulatorSettings) -> int
                     logger.warning("cannot follow decisions (%s); paying optimistically", exc)
                     waiter = None
                 if waiter is not None and args.redis:
-                    import redis.asyncio as aioredis
+                    from kernel.redis import connect
 
-                    redis = aioredis.Redis.from_url(args.redis)
+                    redis = connect(args.redis, args.redis_cluster)
             plan = build_plan(params, run_id=run_id, t0_ms=int(time.time() * 1000),
                               include_payments=waiter is None)
             started = time.monotonic()
