@@ -22,6 +22,7 @@ from schemas.events import (
     CHANNELS,
     CartAdded,
     CartRemoved,
+    Channel,
     Event,
     OrderPlaced,
     Payload,
@@ -53,7 +54,7 @@ SALE_COMMENTS = (
     "it keeps saying busy", "3 2 1 go", "please add more stock", "paid!", "missed it again",
     "is there a second round?", "can't believe it's this cheap",
 )
-SHARE_TARGETS = ("community_group", "share_link", "other")
+SHARE_TARGETS: tuple[Channel, ...] = ("community_group", "share_link", "other")
 SHARE_WEIGHTS = (0.5, 0.35, 0.15)
 
 

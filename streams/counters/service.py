@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import orjson
 
@@ -176,7 +177,7 @@ class CountersService:
         if late:
             self.metrics.late_events.labels(self.agent).inc(late)
 
-    def _spikes(self, scope: str, groups: Mapping[str, Ops], results: Mapping[str, ApplyResult],
+    def _spikes(self, scope: Literal["room", "sale"], groups: Mapping[str, Ops], results: Mapping[str, ApplyResult],
                 kind: tuple[str, str], cfg: SpikeConfig, out: Outbound) -> list[SpikeStore]:
         field_name, metric = kind
         stores = []

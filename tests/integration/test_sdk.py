@@ -115,8 +115,8 @@ async def test_bad_event_in_batch_sends_nothing(broker: Broker, topics: dict[str
 async def test_send_raw_and_gzip(broker: Broker, topics: dict[str, str], topic_prefix: str) -> None:
     async with Publisher(broker.bootstrap, topic_prefix=topic_prefix, compression="gzip", linger_ms=0) as pub:
         raw = await pub.send_raw(topics["orders"], b"not json", key=b"k")
-        good = await pub.publish_many([make_event(CartAdded(sku="s", qty=2), event_id="c", ts=1_700_000_000_001, room_id="r",
-                                                  user_id="u")])
+        good = await pub.publish_many([make_event(CartAdded(sku="s", qty=2), event_id="c", ts=1_700_000_000_001,
+                                                  room_id="r", user_id="u")])
     assert raw.topic == topics["orders"] and good[0].topic == topics["engagement"]
     [msg] = await read_topic(broker.bootstrap, topics["orders"], lambda items: len(items) >= 1, timeout=10, raw=True)
     assert msg.value == b"not json" and msg.key == b"k"
