@@ -12,7 +12,7 @@ help:
 	@echo "make run    - install what is missing, start broker, Redis, workers, gateway, dashboard and a simulated sale"
 	@echo "make test   - install what is missing and run the whole test suite"
 	@echo "make bench  - run the benchmarks; writes bench-results.json and docs/BENCHMARKS.md"
-	@echo "make lint   - ruff and mypy"
+	@echo "make lint   - ruff, mypy and the layer contracts (lint-imports)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "flashsale needs Python 3.11+")'
@@ -41,7 +41,8 @@ bench: venv system-deps
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy schemas streams producers consumers flashsale
+	$(VENV)/bin/mypy schemas kernel streams producers consumers flashsale
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .flashsale

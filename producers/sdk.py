@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Final
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from consumers.decisions import Decision, DecisionWaiter
 from kernel.redis import connect
+from producers.decisions import Decision, DecisionWaiter
 from schemas.codec import encode_event
 from schemas.events import Event, OrderPlaced, ValidationError, check_event, make_event, parse_event
 from schemas.topics import TopicNames, partition_key

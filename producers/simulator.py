@@ -140,8 +140,8 @@ def summary(plan: Plan, stats: RunStats, wall_s: float) -> dict[str, Any]:
 
 
 async def simulate(args: argparse.Namespace, settings: SimulatorSettings) -> int:
-    from consumers.decisions import DecisionWaiter
     from kernel.kafka_admin import ensure_topics
+    from producers.decisions import DecisionWaiter
     from producers.sdk import Publisher
     from schemas.topics import TopicNames
 

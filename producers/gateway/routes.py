@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from consumers.decisions import read_decision
+from producers.decisions import read_decision
 from producers.gateway.http import ApiError, check_content_type, client_ip, json_response, parse_json, read_body
 from producers.gateway.ratelimit import retry_after_header
 from producers.gateway.state import GatewayState

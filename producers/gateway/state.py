@@ -15,8 +15,8 @@ from aiokafka.errors import KafkaError
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from consumers.decisions import DecisionWaiter
 from kernel.kafka_admin import ensure_topics
+from producers.decisions import DecisionWaiter
 from producers.gateway.http import Authenticator
 from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.ratelimit import TokenBucketLimiter

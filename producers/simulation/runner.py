@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from consumers.decisions import Decision, decision_from_record
+from producers.decisions import Decision, decision_from_record
 from schemas import keys
 from schemas.events import Event, OrderPlaced
 from schemas.topics import logical_topic

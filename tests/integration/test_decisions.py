@@ -8,7 +8,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from consumers.decisions import Decision, DecisionWaiter, decision_from_event, decision_from_record, read_decision
+from producers.decisions import Decision, DecisionWaiter, decision_from_event, decision_from_record, read_decision
 from producers.sdk import Publisher
 from schemas import keys
 from schemas.events import Event, OrderAccepted, OrderExpired, OrderRejected, SaleSoldOut, ViewerLiked, make_event

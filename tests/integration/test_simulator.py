@@ -13,8 +13,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from consumers.decisions import DecisionWaiter
 from producers import simulator
+from producers.decisions import DecisionWaiter
 from producers.sdk import Publisher
 from producers.simulation.expected import expected
 from producers.simulation.model import SimulationParams

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
-PACKAGES = ("flashsale", "streams", "producers", "consumers")
+PACKAGES = ("flashsale", "kernel", "streams", "producers", "consumers")
 
 # env.str("BROKER_URL", ...), env.int("PARTITIONS", ...) ... on a kernel.env.Env, or a literal FLASHSALE_X.
 _ENV_CALL = re.compile(r"\benv\.(?:str|int|float|bool|opt_str|raw)\(\s*\"([A-Z][A-Z0-9_]*)\"")

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from consumers.decisions import Decision
 from producers import simulator
+from producers.decisions import Decision
 from producers.simulation.expected import expected
 from producers.simulation.model import SimulationParams
 from producers.simulation.oracle import reference_outcomes
