@@ -14,14 +14,30 @@ from redis.exceptions import NoScriptError
 AnyRedis = aioredis.Redis | RedisCluster
 
 
-def connect(url: str, cluster: bool = False, *, timeout_s: float | None = None) -> AnyRedis:
-    """No I/O here: redis-py connects lazily on first command, inside the running loop. ``timeout_s``
-    bounds connecting and each reply (a health probe wants that; the default waits like redis-py)."""
-    timeouts: dict[str, Any] = {} if timeout_s is None else {"socket_timeout": timeout_s,
-                                                               "socket_connect_timeout": timeout_s}
+def connect(url: str, cluster: bool = False, *, timeout_s: float | None = None,
+            connect_timeout_s: float | None = None, max_connections: int | None = None,
+            pool_wait_s: float = 5.0) -> AnyRedis:
+    """The one way every process makes a Redis client. No I/O here: redis-py connects lazily on the
+    first command, inside the running loop.
+
+    ``timeout_s`` bounds connecting and each reply (a health probe wants that; the default waits like
+    redis-py); ``connect_timeout_s`` bounds connecting only. ``max_connections`` sizes a blocking pool on a
+    single node: under load a command waits up to ``pool_wait_s`` for a free connection instead of failing
+    with "Too many connections" (a Cluster client keeps up to that many connections per node)."""
+    opts: dict[str, Any] = {}
+    if timeout_s is not None:
+        opts.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    elif connect_timeout_s is not None:
+        opts["socket_connect_timeout"] = connect_timeout_s
     if cluster:
-        return RedisCluster.from_url(url, decode_responses=False, **timeouts)
-    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10, **timeouts)
+        if max_connections is not None:
+            opts["max_connections"] = max_connections
+        return RedisCluster.from_url(url, decode_responses=False, **opts)
+    if max_connections is not None:
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=pool_wait_s,
+                                                        decode_responses=False, health_check_interval=10, **opts)
+        return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
+    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10, **opts)
 
 
 def queue_pfcount(pipe: Any, *names: str) -> None:

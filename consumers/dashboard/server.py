@@ -9,16 +9,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Final
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis.asyncio.cluster import RedisCluster
 
 from consumers import readmodel
 from consumers.api import add_api_routes
 from consumers.dashboard.live import LiveHub, make_live_handler
 from consumers.dashboard.metrics import DashboardMetrics
 from consumers.dashboard.settings import DashboardSettings
+from kernel.redis import connect
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +51,7 @@ class ReadModelSource:
 
 def connect_redis(settings: DashboardSettings) -> Any:
     """No I/O here: redis-py connects on the first command, inside the running loop."""
-    if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, decode_responses=False)
-    return aioredis.Redis.from_url(settings.redis_url, decode_responses=False, health_check_interval=10,
-                                   socket_connect_timeout=2.0)
+    return connect(settings.redis_url, settings.redis_cluster, connect_timeout_s=2.0, max_connections=64)
 
 
 def _set_redis(app: web.Application, client: Any) -> None:

@@ -10,12 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from kernel.kafka_admin import ensure_topics
+from kernel.redis import connect
 from producers.decisions import DecisionWaiter
 from producers.gateway.http import Authenticator
 from producers.gateway.metrics import GatewayMetrics
@@ -27,15 +26,14 @@ from schemas import keys
 logger = logging.getLogger(__name__)
 
 CONNECT_BACKOFF_MAX_S = 10.0
+REDIS_POOL_SIZE = 256  # a blocking pool: a burst of requests waits for a connection instead of failing
 DECISION_POLL_S = 0.5  # Redis fallback polling per waiting order; the topic usually answers first
 
 
 def connect_redis(settings: GatewaySettings) -> Any:
     """No I/O here: redis-py connects on the first command, inside the running loop."""
-    if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, decode_responses=False)
-    return aioredis.Redis.from_url(settings.redis_url, decode_responses=False, socket_connect_timeout=2.0,
-                                   health_check_interval=10)
+    return connect(settings.redis_url, settings.redis_cluster, connect_timeout_s=2.0,
+                   max_connections=REDIS_POOL_SIZE)
 
 
 class SoldOutCache:
