@@ -87,13 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(start_tansu(kport, logs))
         _say(f"starting redis-server on 127.0.0.1:{rport}")
         procs.append(start_redis(rport, data / "redis", logs))
-        env = {
-            **os.environ,
-            "FLASHSALE_BROKER_URL": os.environ.get("FLASHSALE_BROKER_URL", f"kafka://127.0.0.1:{kport}"),
-            "FLASHSALE_REDIS_URL": os.environ.get("FLASHSALE_REDIS_URL", f"redis://127.0.0.1:{rport}/0"),
-        }
-        env["FLASHSALE_BROKER_URL"] = f"kafka://127.0.0.1:{kport}"
-        env["FLASHSALE_REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
+        # The processes use the embedded broker and Redis, whatever FLASHSALE_BROKER_URL / _REDIS_URL say.
+        env = {**os.environ, "FLASHSALE_BROKER_URL": f"kafka://127.0.0.1:{kport}",
+               "FLASHSALE_REDIS_URL": f"redis://127.0.0.1:{rport}/0"}
         asyncio.run(ensure_topics(f"127.0.0.1:{kport}", env.get("FLASHSALE_TOPIC_PREFIX", "flashsale."),
                                   int(env.get("FLASHSALE_PARTITIONS", "8"))))
         started = time.monotonic()

@@ -86,28 +86,28 @@ async def test_cluster_is_up_and_sale_keys_share_a_slot(redis_cluster: RedisClus
 
 async def test_noscript_on_one_node_reloads_and_reruns_only_there(redis_cluster: RedisClusterHandle,
                                                                    cluster_client: RedisCluster) -> None:
-    """A node that lost its script cache (restart, failover) answers NOSCRIPT; the gateway loads the
+    """A node that lost its script cache (restart, failover) answers NOSCRIPT; the store loads the
     scripts on every primary and re-runs only the calls that failed, so ops already applied on the
     other nodes are not replayed (a replay would be harmless, but would come back flagged replay)."""
     now = int(time.time() * 1000)
     sales = await spread_sale_ids(cluster_client, 4)
-    gw = StockStore(cluster_client, WorkerMetrics())
-    opened = await gw.apply({s: [op(sale_opened(sale_id=s, sku=f"k{s}", ts=now, starts=now - 1000,
+    store = StockStore(cluster_client, WorkerMetrics())
+    opened = await store.apply({s: [op(sale_opened(sale_id=s, sku=f"k{s}", ts=now, starts=now - 1000,
                                                    ends=now + 600_000, room=f"room-{s}"))] for s in sales}, now)
     assert all(r.error is None for r in opened.values())
 
     victim = node_client(cluster_client, rk.sale(sales[0]))
     try:
         await victim.script_flush()
-        assert await victim.script_exists(gw.stock.sha) == [False]
-        res = await gw.apply({s: [op(order(f"o-{s}", "u1", now, sale_id=s, sku=f"k{s}"))] for s in sales}, now)
+        assert await victim.script_exists(store.stock.sha) == [False]
+        res = await store.apply({s: [op(order(f"o-{s}", "u1", now, sale_id=s, sku=f"k{s}"))] for s in sales}, now)
         assert {s: (r.error, r.results and r.results[0]["out"], r.results and r.results[0]["replay"])
                 for s, r in res.items()} == {s: (None, "accepted", False) for s in sales}
-        assert await victim.script_exists(gw.stock.sha, gw.drain.sha, gw.sweep_script.sha) == [True] * 3
+        assert await victim.script_exists(store.stock.sha, store.drain.sha, store.sweep_script.sha) == [True] * 3
     finally:
         await victim.aclose()
-    assert set(await gw.active_sales()) == set(sales)
-    stocks, _ = await gw.sweep(sales, now)
+    assert set(await store.active_sales()) == set(sales)
+    stocks, _ = await store.sweep(sales, now)
     assert {(s.sale_id, s.available, s.reserved) for s in stocks} == {(s, 999, 1) for s in sales}
 
 

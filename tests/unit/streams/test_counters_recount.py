@@ -222,8 +222,8 @@ class Harness:
     def __init__(self, client: aioredis.Redis, params: CounterParams = PARAMS) -> None:
         self.metrics = WorkerMetrics()
         self.sink = Sink()
-        gw = CountersStore(client, params, self.metrics)
-        self.services = {t: CountersService(gw, params, self.metrics, self.sink.send, t)
+        store = CountersStore(client, params, self.metrics)
+        self.services = {t: CountersService(store, params, self.metrics, self.sink.send, t)
                          for t in (ENGAGEMENT, ORDERS, DECISIONS)}
 
     async def feed(self, records: dict[str, list[Record]], batch: int = 7) -> None:
