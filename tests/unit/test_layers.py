@@ -6,15 +6,17 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("schemas", "kernel", "streams", "producers", "consumers", "flashsale")
+PACKAGES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["root_packages"]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 LAYERS = "flashsale > streams | producers | consumers (independent) > kernel > schemas"
 SCHEMAS_PURE = "schemas is the contract only: no I/O or framework libraries"
+STREAMS_LAYERS = "streams: app > stock | counters | web > pipeline"
 
 
 def copy_project(dest: Path) -> Path:
@@ -47,7 +49,12 @@ def test_the_unplanted_copy_keeps_every_contract(tmp_path: Path) -> None:
     ("streams/emit.py", "import producers", LAYERS, "streams.emit", "producers"),
     ("kernel/clock.py", "from consumers import readmodel", LAYERS, "kernel.clock", "consumers.readmodel"),
     ("schemas/keys.py", "import redis", SCHEMAS_PURE, "schemas.keys", "redis"),
-], ids=["schemas-imports-streams", "streams-imports-producers", "kernel-imports-consumers", "schemas-imports-redis"])
+    ("streams/stock/logic.py", "from streams.counters import rollups", STREAMS_LAYERS, "streams.stock.logic",
+     "streams.counters.rollups"),
+    ("streams/pipeline.py", "from streams.stock import agent", STREAMS_LAYERS, "streams.pipeline",
+     "streams.stock.agent"),
+], ids=["schemas-imports-streams", "streams-imports-producers", "kernel-imports-consumers", "schemas-imports-redis",
+        "stock-imports-counters", "pipeline-imports-an-agent"])
 def test_a_planted_upward_import_breaks_the_contract(tmp_path: Path, module: str, line: str, contract: str,
                                                      importer: str, imported: str) -> None:
     project = copy_project(tmp_path)
