@@ -24,8 +24,16 @@ EPOCH_MS_MAX: Final = 4_102_444_800_000
 
 Channel: TypeAlias = Literal["live_room", "community_group", "mini_program", "share_link", "other"]
 RejectReason: TypeAlias = Literal["sold_out", "limit_exceeded", "sale_not_active", "duplicate", "invalid"]
-Id: TypeAlias = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
-MaybeEmptyId: TypeAlias = Annotated[str, Meta(max_length=MAX_ID_LEN)]
+# Ids go into Redis keys, Cluster hash tags, output event ids and URL paths: letters, digits and
+# ``. _ - ~ @ + =`` only, so no id can carry a key separator (``:``), a hash-tag brace, a path
+# slash, a quote, white space or a control character (CR/LF into a header).
+ID_CHARS: Final = "letters, digits and . _ - ~ @ + ="
+ID_PATTERN: Final = "^[A-Za-z0-9._~@+=-]*$"
+Id: TypeAlias = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
+MaybeEmptyId: TypeAlias = Annotated[str, Meta(max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
+# Event ids are never part of a key; pipeline outputs build theirs from ids joined by ``:``.
+EventId: TypeAlias = Annotated[str, Meta(min_length=1, max_length=2 * MAX_ID_LEN + 16,
+                                         pattern="^[A-Za-z0-9._~@+=:-]*$")]
 EpochMs: TypeAlias = Annotated[int, Meta(ge=EPOCH_MS_MIN, le=EPOCH_MS_MAX,
                                          description="epoch milliseconds (UTC), 2000-01-01 to 2100-01-01")]
 Money: TypeAlias = Annotated[int, Meta(ge=0, le=MAX_EXACT, description="integer minor units (fen/cents)")]
@@ -223,7 +231,7 @@ class Event(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_
     """The versioned envelope every event travels in; one subclass per type, tagged by ``type``."""
 
     v: Literal[1]
-    event_id: Id
+    event_id: EventId
     ts: EpochMs
     room_id: Id
     user_id: Id
@@ -456,6 +464,9 @@ def translate(exc: msgspec.ValidationError, obj: Any = None) -> ValidationError:
         return ValidationError(field_name, "must not be empty")
     if mm := re.match(r"Expected `str` of length <= (\d+)", msg):
         return ValidationError(field_name, f"longer than {mm.group(1)} characters")
+    if msg.startswith("Expected `str` matching regex"):
+        chars = ID_CHARS + (" :" if field_name == "event_id" else "")
+        return ValidationError(field_name, f"may contain only {chars}{got}")
     if msg.startswith("Invalid enum value"):
         if field_name == "v":
             return ValidationError("v", f"unsupported schema version{got.replace('; got', '')}")

@@ -45,20 +45,23 @@ class TokenBucketLimiter:
         need = min(float(n), self.burst)
         if tokens < need:
             return (need - tokens) / self.rate
-        if key not in self._buckets and len(self._buckets) >= self._max_clients:
-            self._prune(now)
+        if key not in self._buckets and len(self._buckets) >= self._max_clients and not self._prune(now):
+            return 1.0 / self.rate  # every tracked client owes tokens: a new one waits for the table to drain
         self._buckets[key] = (tokens - n, now)
         return 0.0
 
-    def _prune(self, now: float) -> None:
-        # Full buckets carry no state worth keeping; drop them first, then the oldest half.
+    def _prune(self, now: float) -> bool:
+        """Make room; True if there is room. A forgotten client comes back with a full bucket, so only
+        clients without debt are forgotten (full buckets first, then the oldest of the rest): dropping a
+        client that owes tokens would reset its debt."""
         full = [k for k in self._buckets if self._tokens(k, now) >= self.burst]
         for k in full:
             del self._buckets[k]
         if len(self._buckets) >= self._max_clients:
-            by_age = sorted(self._buckets, key=lambda k: self._buckets[k][1])
-            for k in by_age[: len(by_age) // 2]:
+            solvent = sorted((k for k in self._buckets if self._tokens(k, now) >= 0), key=lambda k: self._buckets[k][1])
+            for k in solvent[: max(1, len(self._buckets) // 2)]:
                 del self._buckets[k]
+        return len(self._buckets) < self._max_clients
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from producers.decisions import read_decision
+from producers.decisions import Decision, read_decision
 from producers.gateway.http import ApiError, check_content_type, client_ip, json_response, parse_json, read_body
 from producers.gateway.ratelimit import retry_after_header
 from producers.gateway.state import GatewayState
@@ -59,6 +59,15 @@ def _take(state: GatewayState, key: str, n: int) -> None:
         raise _rate_limited(wait)
 
 
+def _parse_charged(state: GatewayState, key: str, raw: bytes) -> Any:
+    """The JSON body; a body that is not JSON still costs its sender one token."""
+    try:
+        return parse_json(raw)
+    except ApiError:
+        _take(state, key, 1)
+        raise
+
+
 def _require_connected(state: GatewayState) -> None:
     if not state.ready:
         raise ApiError(503, "broker_unavailable", "the gateway is not connected to Kafka yet",
@@ -70,13 +79,14 @@ async def post_events(request: web.Request) -> web.Response:
     state, key = _admit(request)
     check_content_type(request)
     raw = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s)
-    body = parse_json(raw)
+    body = _parse_charged(state, key, raw)
     items = body if isinstance(body, list) else [body]
     if not items:
         raise ApiError(400, "empty_batch", "the array holds no events", reason="invalid_event")
     if len(items) > state.settings.max_events:
         raise ApiError(413, "too_many_events", f"{len(items)} events exceed the limit of {state.settings.max_events}"
                        " per request", reason="too_large")
+    _take(state, key, len(items))  # charged before validation: invalid events cost as much as valid ones
     prepared, errors = prepare_all(items)
     errors = sorted(errors + [ItemError(i, path, REPEATED_KEY) for i, path in repeated_keys(raw)],
                     key=lambda e: e.index)
@@ -85,7 +95,6 @@ async def post_events(request: web.Request) -> web.Response:
         state.metrics.events.labels("rejected").inc(len(prepared))
         raise ApiError(400, "invalid_events", f"{len(errors)} of {len(items)} events are invalid; nothing was "
                        "published", reason="invalid_event", errors=errors)
-    _take(state, key, len(prepared))
     _require_connected(state)
     assert state.publisher is not None
     try:
@@ -124,6 +133,14 @@ def _order_event(sale_id: str, body: Any) -> tuple[str, dict[str, Any], list[Ite
     return order_id, event, unknown
 
 
+async def _known_decision(state: GatewayState, sale_id: str, order_id: str) -> Decision | None:
+    try:
+        return await read_decision(state.redis, sale_id, order_id)
+    except (RedisError, OSError) as exc:  # the worker stays the authority: answer sold out as before
+        logger.warning("reading order %s: Redis failed: %s", order_id, exc)
+        return None
+
+
 async def post_order(request: web.Request) -> web.Response:
     """POST /v1/sales/{sale_id}/orders: 409 when sold out (no Kafka), else publish and wait for the decision."""
     state, key = _admit(request)
@@ -131,7 +148,8 @@ async def post_order(request: web.Request) -> web.Response:
     check_content_type(request)
     raw = await read_body(request, min(ORDER_BODY_LIMIT, state.settings.max_body_bytes),
                           state.settings.body_timeout_s)
-    body = parse_json(raw)
+    body = _parse_charged(state, key, raw)
+    _take(state, key, 1)  # charged before validation and before the sold-out answer
     order_id, obj, errors = _order_event(sale_id, body)
     errors += [ItemError(0, err.field.removeprefix("data."), err.message) for err in all_errors(obj)]
     errors += [ItemError(0, path, REPEATED_KEY) for _, path in repeated_keys(raw)]
@@ -142,11 +160,15 @@ async def post_order(request: web.Request) -> web.Response:
     prepared = prepare(obj)
     assert state.soldout is not None
     if await state.soldout.is_sold_out(sale_id):
+        # A retry of an order that was already decided gets its own decision, not the sale's flag.
+        decided = await _known_decision(state, sale_id, order_id)
+        if decided is not None:
+            state.metrics.decisions.labels(decided.outcome).inc()
+            return json_response(decided.to_dict(), status=200)
         state.metrics.decisions.labels("rejected").inc()
         raise ApiError(409, "sold_out", f"sale {sale_id} is sold out", reason="sold_out",
                        extra={"sale_id": sale_id, "order_id": order_id, "outcome": "rejected",
                               "reason": "sold_out"})
-    _take(state, key, 1)
     _require_connected(state)
     assert state.publisher is not None and state.waiter is not None
     started = time.perf_counter()

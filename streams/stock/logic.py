@@ -20,6 +20,11 @@ from schemas.events import (
 )
 
 SYSTEM_USER = "system"
+
+
+def decision_id(sale_id: str, order_id: str) -> str:
+    """The decision's event id: the same order id in two sales makes two ids (ids cannot contain ':')."""
+    return f"dec:{sale_id}:{order_id}"
 # Results of order.paid / order.cancelled / control ops that mean the input was bad: dead-lettered.
 BAD_STATUSES = frozenset({"unknown_order", "not_accepted", "unknown_sale", "bad_op"})
 
@@ -56,12 +61,12 @@ def decision_event(order: Event, result: dict[str, Any]) -> Event:
     assert isinstance(d, OrderPlaced)
     payload: OrderAccepted | OrderRejected
     if result["out"] == "accepted":
-        event_id = f"dec:{d.order_id}"
+        event_id = decision_id(d.sale_id, d.order_id)
         payload = OrderAccepted(order_id=d.order_id, sale_id=d.sale_id, sku=d.sku, qty=int(result["q"]),
                                 unit_price=int(result["p"]), reserved_until=int(result["d"]))
     else:
         reason = str(result["r"])
-        event_id = f"dup:{order.event_id}" if reason == "duplicate" else f"dec:{d.order_id}"
+        event_id = f"dup:{d.sale_id}:{order.event_id}" if reason == "duplicate" else decision_id(d.sale_id, d.order_id)
         payload = OrderRejected(order_id=d.order_id, sale_id=d.sale_id, sku=d.sku, qty=d.qty, reason=reason,  # type: ignore[arg-type]  # the script answers one of REJECT_REASONS
                                 detail=str(result.get("detail") or ""))
     return new_event(payload, event_id=event_id, ts=order.ts, room_id=order.room_id, user_id=order.user_id,
@@ -80,6 +85,6 @@ def outbox_event(item: dict[str, Any]) -> Event:
         return new_event(OrderExpired(
             order_id=str(item["order_id"]), sale_id=str(item["sale_id"]), sku=str(item["sku"]),
             qty=int(item["qty"]), cause=item["cause"]),
-            event_id=f"exp:{item['order_id']}", ts=int(item["at"]), room_id=str(item["room_id"]),
+            event_id=f"exp:{item['sale_id']}:{item['order_id']}", ts=int(item["at"]), room_id=str(item["room_id"]),
             user_id=str(item["user_id"]))
     raise ValueError(f"unknown outbox item kind {item.get('k')!r}")

@@ -67,8 +67,16 @@ class StockService:
         for (topic, type_), n in consumed.items():
             self.metrics.events_consumed.labels(topic, type_).inc(n)
         if ops:
-            results = await self.store.apply(ops, self.clock(), moved)
-            self._partition_of.update(moved)
+            # Only sales that exist get a partition recorded: ids of sales never opened must not grow
+            # the partition hash or this map (both would be unbounded under crafted ids).
+            now_known = {s: p for s, p in moved.items()
+                         if s in self._partition_of or any(o["op"] == "open" for o in ops[s])}
+            results = await self.store.apply(ops, self.clock(), now_known)
+            self._partition_of.update(now_known)
+            existing = {s: p for s, p in moved.items() if s not in now_known and _sale_exists(results[s].results)}
+            if existing:  # a sale opened before this worker saw it (a restart, a rebalance): once per sale
+                await self.store.record_partitions(existing)
+                self._partition_of.update(existing)
             for sale_id, res in list(results.items()):
                 if res.error is not None:
                     isolated = await self._isolate(sale_id, ops[sale_id], sources[sale_id], res.error, out)
@@ -195,3 +203,18 @@ class StockService:
                     pass
         self._active_gauges = seen
         m.invariant_violations.set(broken)
+
+
+_EXISTING_SALE_STATUSES = frozenset({"opened", "updated", "closed", "adjusted", "paid", "cancelled", "late_payment",
+                                     "already_paid", "already_released", "not_cancellable", "not_accepted"})
+
+
+def _sale_exists(results: Sequence[dict[str, Any]] | None) -> bool:
+    """Whether the stock script's answers show the sale exists (an unknown sale answers only
+    sale_not_active, duplicate or unknown_order/unknown_sale)."""
+    for r in results or ():
+        if r.get("status") in _EXISTING_SALE_STATUSES:
+            return True
+        if r.get("op") == "place" and r.get("r") not in ("sale_not_active", "duplicate"):
+            return True
+    return False

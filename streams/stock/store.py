@@ -13,6 +13,7 @@ from schemas import keys as rk
 from streams.metrics import WorkerMetrics
 
 OUTBOX_LEASE_MS = 10_000
+UNKNOWN_SALE_TTL_MS = 86_400_000  # state of a sale id that was never opened lives a day
 OUTBOX_BATCH = 1000
 SWEEP_BATCH = 2000
 
@@ -72,7 +73,8 @@ class StockStore:
 
         def build(pipe: Any) -> None:
             for sale_id in sales:
-                self.stock.queue(pipe, _sale_keys(sale_id), [orjson.dumps(ops_by_sale[sale_id]), now_ms])
+                self.stock.queue(pipe, _sale_keys(sale_id),
+                                 [orjson.dumps(ops_by_sale[sale_id]), now_ms, UNKNOWN_SALE_TTL_MS])
                 self.drain.queue(pipe, [rk.sale_outbox(sale_id)], [now_ms, OUTBOX_LEASE_MS, OUTBOX_BATCH])
             opened = [s for s in sales if any(o["op"] == "open" for o in ops_by_sale[s])]
             if opened:
@@ -94,6 +96,10 @@ class StockStore:
             else:
                 out[sale_id] = SaleBatchResult(orjson.loads(res), None, leased)
         return out
+
+    async def record_partitions(self, partitions: dict[str, int]) -> None:
+        """Remember the orders partition of sales first seen here after they were opened elsewhere."""
+        await self._run("stock_partitions", lambda pipe: pipe.hset(rk.sale_partitions(), mapping=partitions))
 
     async def ack_outbox(self, items_by_sale: dict[str, list[bytes]]) -> None:
         def build(pipe: Any) -> None:

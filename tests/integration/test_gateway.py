@@ -29,8 +29,9 @@ from producers.settings import PublisherSettings
 from schemas import keys
 from schemas.codec import decode_record
 from schemas.events import OrderAccepted, make_event
-from tests.conftest import Broker, RedisServer
-from tests.kafka_util import read_topic
+from tests.harness.broker import Broker
+from tests.harness.kafka import read_topic
+from tests.harness.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-token-0123456789"
@@ -248,6 +249,22 @@ async def test_rate_limit(gateway: GatewayFactory, broker: Broker, topics: dict[
     assert await total_records(broker.bootstrap, {"orders": topics["orders"]}) == 0
 
 
+async def test_invalid_requests_are_charged_to_the_rate_limit(gateway: GatewayFactory, broker: Broker,
+                                                             topics: dict[str, str]) -> None:
+    """Issue 12, item 10: an invalid batch costs what a valid one does, so invalid floods are limited too."""
+    async with gateway(rate_limit=0.001, rate_burst=4) as gw:
+        bad = {**event(0), "ts": 5}
+        status, _, _ = await gw.post("/v1/events", [bad, bad])
+        assert status == 400
+        status, _, _ = await gw.post("/v1/events", data=b"{not json")
+        assert status == 400
+        status, _, _ = await gw.post("/v1/sales/s/orders", order_body(qty=0))
+        assert status == 400
+        status, body, _ = await gw.post("/v1/events", event(1))  # 4 tokens spent on invalid requests
+        assert status == 429 and body["error"] == "rate_limited"
+    assert await total_records(broker.bootstrap, topics) == 0
+
+
 async def test_sold_out_answers_409_without_kafka(gateway: GatewayFactory, broker: Broker, topics: dict[str, str],
                                                   redis_client: aioredis.Redis) -> None:
     await redis_client.hset(keys.sale("sale-1"), mapping={"sale_id": "sale-1", "sku": "sku-1", "available": "0",
@@ -260,6 +277,22 @@ async def test_sold_out_answers_409_without_kafka(gateway: GatewayFactory, broke
             assert body["error"] == "sold_out" and body["sale_id"] == "sale-1" and body["reason"] == "sold_out"
         assert gw.state.soldout is not None and gw.state.soldout.lookups == 1  # one Redis read for the flood
         assert gw.metric("flashsale_gateway_rejected_total", reason="sold_out") == 20
+    assert await total_records(broker.bootstrap, topics) == 0
+
+
+async def test_retry_of_a_decided_order_gets_its_decision_even_when_sold_out(
+        gateway: GatewayFactory, broker: Broker, topics: dict[str, str], redis_client: aioredis.Redis) -> None:
+    """Issue 12, item 5: the order's own decision comes before the sale's sold-out flag."""
+    await redis_client.hset(keys.sale("sale-1"), mapping={"sale_id": "sale-1", "sku": "sku-1", "available": "0",
+                                                          "soldout": "1", "status": "open"})
+    record = {"s": "reserved", "u": "u-1", "q": 1, "p": 990, "d": TS + 300_000, "e": "x", "r": "", "t": TS,
+              "k": "sku-1"}
+    await redis_client.hset(keys.sale_orders("sale-1"), "ord-1", orjson.dumps(record))
+    async with gateway(soldout_cache_ms=60_000) as gw:
+        status, body, _ = await gw.post("/v1/sales/sale-1/orders", order_body(order_id="ord-1"))
+        assert status == 200 and (body["outcome"], body["state"]) == ("accepted", "reserved")
+        status, body, _ = await gw.post("/v1/sales/sale-1/orders", order_body(order_id="ord-2"))
+        assert status == 409 and body["reason"] == "sold_out"
     assert await total_records(broker.bootstrap, topics) == 0
 
 
@@ -314,6 +347,8 @@ async def test_order_validation(gateway: GatewayFactory, broker: Broker, topics:
             (order_body(coupon="FREE"), "coupon"),
             (order_body(channel="tv"), "channel"),
             (order_body(order_id=5), "order_id"),
+            (order_body(order_id="o-1\r\nLocation: https://evil"), "order_id"),  # never reaches a header
+            (order_body(sku="sku}:x"), "sku"),
         ]
         for body_in, field in cases:
             status, body, _ = await gw.post("/v1/sales/sale-1/orders", body_in)

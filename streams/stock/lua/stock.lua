@@ -1,11 +1,14 @@
 -- Apply a batch of order-side operations to ONE sale, atomically and idempotently.
 -- KEYS: 1 sale hash, 2 orders hash, 3 users hash, 4 deadlines zset, 5 dups hash, 6 applied set, 7 outbox zset
--- ARGV[1]: JSON array of ops {op=open|close|adjust|place|paid|cancel, ...}; ARGV[2]: now (epoch ms)
+-- ARGV[1]: JSON array of ops {op=open|close|adjust|place|paid|cancel, ...}; ARGV[2]: now (epoch ms);
+-- ARGV[3]: how long (ms) the state of a sale that was never opened is kept (attempts on an unknown
+-- sale id must not leave keys behind forever; the sale's open makes them permanent)
 -- Returns a JSON array with one result per op. Replays (same event id) change nothing and
 -- return the stored decision, flagged replay=true.
 local sale_k, orders_k, users_k, dl_k, dups_k, applied_k, outbox_k =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local ops = cjson.decode(ARGV[1])
+local unknown_ttl_ms = tonumber(ARGV[3] or '86400000')
 
 local S = {}
 local raw = redis.call('HGETALL', sale_k)
@@ -160,6 +163,7 @@ local function apply(i, o)
         S.opened_at = o.starts_at
         S.soldout = 0
         status = 'opened'
+        for _, k in ipairs({sale_k, orders_k, dups_k, applied_k}) do redis.call('PERSIST', k) end
       else
         status = 'updated'
       end
@@ -218,5 +222,8 @@ elseif dirty then
   redis.call('HSET', sale_k, 'attempts', string.format('%d', S.attempts),
              'rej_sale_not_active', string.format('%d', S.rej_sale_not_active),
              'rej_duplicate', string.format('%d', S.rej_duplicate))
+end
+if not exists then
+  for _, k in ipairs({sale_k, orders_k, dups_k, applied_k}) do redis.call('PEXPIRE', k, unknown_ttl_ms) end
 end
 return cjson.encode(res)

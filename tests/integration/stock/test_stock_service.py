@@ -164,7 +164,17 @@ async def test_duplicate_order_id_with_new_event_is_rejected_once(svc_parts: Any
     st = await sale_state(redis_client)
     assert st["attempts"] == "2" and st["rej_duplicate"] == "1" and st["reserved"] == "1"
     dups = [d for d in sink.decisions("order.rejected") if d["data"]["reason"] == "duplicate"]
-    assert len(dups) == 2 and {d["event_id"] for d in dups} == {"dup:e-x-retry"}
+    assert len(dups) == 2 and {d["event_id"] for d in dups} == {"dup:s1:e-x-retry"}
+
+
+async def test_one_order_id_in_two_sales_gets_two_decision_ids(svc_parts: Any) -> None:
+    """Readers dedupe by event id: the same order id in two sales must not share one (issue 12, item 7)."""
+    svc, sink, _ = svc_parts
+    await svc.handle(records([sale_opened(allotment=5), order("x", "u1", T0 + 1)]))
+    await svc.handle(records([sale_opened(sale_id="s2", sku="sku-2", allotment=5),
+                              order("x", "u1", T0 + 1, sale_id="s2", sku="sku-2", event_id="e-x-s2")]))
+    accepted = sink.decisions("order.accepted")
+    assert sorted(d["event_id"] for d in accepted) == ["dec:s1:x", "dec:s2:x"]
 
 
 async def test_bad_input_goes_to_dead_letter_and_valid_events_still_apply(svc_parts: Any,
@@ -322,3 +332,20 @@ async def test_stock_adjusted_restocks_and_removes_never_below_available(redis_c
     await svc.handle(records([adjust(3, "adj-1"), adjust(-10, "adj-2")]))  # replays change nothing
     assert await sale_state(redis_client) == st
     assert len(sink.decisions("sale.sold_out")) == 1  # sold out once, whatever came back in between
+
+
+async def test_attempts_on_a_sale_never_opened_leave_only_expiring_state(svc_parts: Any,
+                                                                         redis_client: aioredis.Redis) -> None:
+    """Issue 12, item 10: crafted sale ids must not grow Redis forever; the sale's open keeps its state."""
+    svc, sink, _ = svc_parts
+    await svc.handle(records([order(f"g{i}", f"u{i}", T0 + i, sale_id="ghost") for i in range(5)]))
+    assert [d["data"]["reason"] for d in sink.decisions("order.rejected")] == ["sale_not_active"] * 5
+    touched = [rk.sale("ghost"), rk.sale_orders("ghost")]
+    for key in touched:
+        assert 0 < await redis_client.pttl(key) <= 86_400_000, key
+    assert await redis_client.hget(rk.sale_partitions(), "ghost") is None
+    await svc.handle(records([sale_opened(sale_id="ghost", allotment=3), order("g9", "u9", T0 + 9, sale_id="ghost")]))
+    for key in touched:
+        assert await redis_client.pttl(key) == -1, key  # opened: kept like any sale
+    assert await redis_client.hget(rk.sale_partitions(), "ghost") == b"0"
+    assert (await sale_state(redis_client, "ghost"))["attempts"] == "6"

@@ -56,6 +56,21 @@ def test_disabled_limiter_and_pruning() -> None:
     assert retry_after_header(0.01) == "1" and retry_after_header(2.2) == "3"
 
 
+def test_pruning_never_forgives_a_debt() -> None:
+    """Issue 12, item 10: a client that overdrew its bucket must not be reset by pruning the table."""
+    clock = Clock()
+    limiter = TokenBucketLimiter(rate=1, burst=10, clock=clock, max_clients=4)
+    assert limiter.take("debtor", 50) == 0  # a full bucket admits a big batch, which is then owed: 10 - 50
+    for i in range(20):  # many new clients fill the table and force pruning
+        limiter.take(f"c{i}")
+        clock.now += 0.01
+    assert len(limiter) <= 4
+    assert limiter.retry_after("debtor", 1) > 30  # still owes ~41 tokens at 1/s
+    for i in range(3):  # a table full of debtors: a new client waits instead of erasing one of them
+        limiter.take(f"d{i}", 50)
+    assert limiter.take("newcomer", 1) > 0 and limiter.retry_after("debtor", 1) > 30
+
+
 def test_gateway_settings() -> None:
     s = get_settings({})
     assert (s.host, s.port, s.auth_enabled, s.max_body_bytes, s.decision_timeout_ms) == (
