@@ -37,11 +37,11 @@ test: venv system-deps
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 bench: venv system-deps
-	$(PY) -m flashsale bench all
+	$(PY) -m bench all
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy schemas kernel streams producers consumers flashsale
+	$(VENV)/bin/mypy schemas kernel streams producers consumers flashsale bench
 	$(VENV)/bin/lint-imports
 
 clean:

@@ -15,7 +15,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dashboard": ("consumers.dashboard.__main__", "run the dashboard and read API server"),
     "simulate": ("producers.simulator", "publish a simulated live sale"),
     "audit": ("flashsale.audit", "recompute every sale from the Kafka log and compare with Redis"),
-    "bench": ("flashsale.bench", "run benchmarks; print a table and write JSON"),
     "topics": ("flashsale.topics_cmd", "create the pipeline's topics"),
 }
 

@@ -1,4 +1,4 @@
-"""``flashsale bench stock`` runs end to end on its own throwaway stack and accounts for every attempt.
+"""``python -m bench stock`` runs end to end on its own throwaway stack and accounts for every attempt.
 
 Only correctness is asserted here (every attempt decided once, the JSON complete); the speed
 figures are what the benchmark reports, never a test assertion.
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_stock_small_run_decides_every_attempt(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "flashsale", "bench", "stock", "--rates", "400", "--duration", "2",
+        [sys.executable, "-m", "bench", "stock", "--rates", "400", "--duration", "2",
          "--backlog", "3000", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
     )

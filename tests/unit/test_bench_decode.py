@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flashsale.bench.decode import bench
+from bench.decode import bench
 
 
 def test_decode_bench_reports_both_figures_for_each_batch() -> None:

@@ -1,4 +1,4 @@
-"""``flashsale bench``: benchmarks on a throwaway embedded stack; prints a table, writes JSON."""
+"""``python -m bench``: benchmarks on a throwaway embedded stack; prints a table, writes JSON."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from flashsale.bench.report import run_all
+from bench.report import run_all
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="flashsale bench",
+        prog="python -m bench",
         description="Run benchmarks on a throwaway embedded stack (Tansu + redis-server on free loopback ports). "
                     "Prints a table and writes JSON; 'all' also writes docs/BENCHMARKS.md.")
     p.add_argument("which", nargs="?", default="all",
@@ -27,8 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
     except ValueError:
-        print(f"flashsale bench: --rates {args.rates!r}: expected numbers separated by commas", file=sys.stderr)
+        print(f"bench: --rates {args.rates!r}: expected numbers separated by commas", file=sys.stderr)
         return 2
     opts: dict[str, Any] = {"rates": rates, "duration": args.duration, "backlog": args.backlog,
                             "naive_backlog": args.naive_backlog}
     return run_all(args.which, opts, args.out, args.report if args.which == "all" else None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Reference point: a plain aiokafka consume loop with one Lua round trip per batch (no Faust).
 
 It runs the same StockService as the Faust agent, so the difference to the pipeline is the
-stream framework's cost. ``python -m flashsale.bench.ceiling_loop`` with FLASHSALE_* settings.
+stream framework's cost. ``python -m bench.ceiling_loop`` with FLASHSALE_* settings.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reference point: a naive Faust agent that awaits Redis once per event (what not to do).
 
 Same Lua script and decisions as the pipeline, but one EVALSHA round trip per order attempt
-and one produce per decision. ``python -m flashsale.bench.naive_agent`` with FLASHSALE_* settings.
+and one produce per decision. ``python -m bench.naive_agent`` with FLASHSALE_* settings.
 """
 
 from __future__ import annotations

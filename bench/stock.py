@@ -1,4 +1,4 @@
-"""``flashsale bench stock``: decision latency at fixed rates and the sustained ceiling."""
+"""``python -m bench stock``: decision latency at fixed rates and the sustained ceiling."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 import time
 from typing import Any
 
-from flashsale.bench.load import LatencyMeter, drive, open_sales, percentile
-from flashsale.bench.procstats import ProcSampler
-from flashsale.bench.stack import BenchStack
+from bench.load import LatencyMeter, drive, open_sales
+from bench.stack import BenchStack
+from bench.stats import ProcSampler, now_ms, percentile
 from schemas.topics import TopicNames
 
 SALES = [(f"bench-s{i}", f"bench-sku-{i}") for i in range(8)]
@@ -19,13 +19,13 @@ async def run_rate(stack: BenchStack, rate: float, duration: float, drain_s: flo
                    sales: list[tuple[str, str]] = SALES) -> dict[str, Any]:
     names = TopicNames(stack.prefix)
     # Tansu's end offsets can lag the true end: the meter may start inside the previous step's tail
-    meter = LatencyMeter(stack.bootstrap, names.decisions, since_ms=int(time.time() * 1000))
+    meter = LatencyMeter(stack.bootstrap, names.decisions, since_ms=now_ms())
     await meter.start()
     # this process is the load generator and the decision reader: it shares the cores, so it is measured
-    sampler = ProcSampler({**{n: p.pid for n, p in stack.procs.items()}, "loadgen": os.getpid()})
+    sampler = ProcSampler({**stack.pids(), "loadgen": os.getpid()})
     sampler.start()
     started = time.monotonic()
-    await drive(stack.bootstrap, names, sales, rate, duration, start_n=int(time.time() * 1000) * 10)  # unique ids
+    await drive(stack.bootstrap, names, sales, rate, duration, start_n=now_ms() * 10)  # unique ids
     produced = int(rate * duration)
     send_s = time.monotonic() - started
     deadline = time.monotonic() + drain_s
@@ -40,7 +40,7 @@ async def run_rate(stack: BenchStack, rate: float, duration: float, drain_s: flo
         "target_rate": rate, "duration_s": duration, "attempts": produced, "decided": meter.decided,
         "repeated_decisions": meter.repeated,
         "achieved_rate": round(meter.decided / max(1e-9, send_s + behind_s), 1),
-        "p50_ms": percentile(lat, 0.50), "p99_ms": percentile(lat, 0.99), "max_ms": float(max(lat) if lat else "nan"),
+        "p50_ms": percentile(lat, 0.50), "p99_ms": percentile(lat, 0.99), "max_ms": float(max(lat)) if lat else None,
         "drain_after_send_s": round(behind_s, 2), "kept_up": meter.decided >= produced and behind_s < 2.0,
         "processes": procs,
     }
@@ -57,8 +57,7 @@ async def _backlog(stack: BenchStack, attempts: int, sales: list[tuple[str, str]
 
 async def _drain(stack: BenchStack, meter: LatencyMeter, attempts: int, name: str,
                  timeout: float) -> dict[str, Any]:
-    sampler = ProcSampler({name: stack.procs[name].pid, "broker": stack.procs["broker"].pid,
-                           "redis": stack.procs["redis"].pid})
+    sampler = ProcSampler(stack.pids(name, "broker", "redis"))
     sampler.start()
     deadline = time.monotonic() + timeout
     while meter.decided < attempts and time.monotonic() < deadline:
@@ -98,7 +97,7 @@ def bench_stock(stack: BenchStack, rates: list[float], duration: float, ceiling_
     for rate in rates:
         log(f"  stock: {rate:.0f} attempts/s for {duration:.0f}s ...")
         r = asyncio.run(run_rate(stack, rate, duration))
-        log(f"    decided {r['decided']}/{r['attempts']}  p50 {r['p50_ms']:.0f} ms  p99 {r['p99_ms']:.0f} ms"
+        log(f"    decided {r['decided']}/{r['attempts']}  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms"
             f"  kept up: {r['kept_up']}  repeated decisions: {r['repeated_decisions']}")
         results.append(r)
     stack.stop("worker")
@@ -111,19 +110,24 @@ def bench_stock(stack: BenchStack, rates: list[float], duration: float, ceiling_
     return {"rates": results, "sustained": sustained}
 
 
+# The reference consumers: a module run with the stack's settings, its backlog option, its log line.
+REFERENCES = (
+    ("aiokafka_batch_lua", "ceiling", "bench.ceiling_loop", "backlog",
+     "plain aiokafka loop, one Lua call per batch"),
+    ("naive_faust", "naive", "bench.naive_agent", "naive_backlog",
+     "naive Faust agent, one awaited Redis call per event"),
+)
+
+
 def bench_reference(stack: BenchStack, attempts: int, naive_attempts: int, log: Any = print) -> dict[str, Any]:
     """The same backlog workload through the two reference consumers."""
+    backlogs = {"backlog": attempts, "naive_backlog": naive_attempts}
     out = {}
-    log(f"  reference: plain aiokafka loop, one Lua call per batch, backlog {attempts} ...")
-    stack.new_prefix("ceil")
-    out["aiokafka_batch_lua"] = run_backlog(stack, attempts, lambda: stack.start_worker(
-        "ceiling", module="flashsale.bench.ceiling_loop", ready_path=""), "ceiling")
-    stack.stop("ceiling")
-    log(f"    {out['aiokafka_batch_lua']['attempts_per_s']:.0f} attempts/s")
-    log(f"  reference: naive Faust agent, one awaited Redis call per event, backlog {naive_attempts} ...")
-    stack.new_prefix("naive")
-    out["naive_faust"] = run_backlog(stack, naive_attempts, lambda: stack.start_worker(
-        "naive", module="flashsale.bench.naive_agent", ready_path=""), "naive")
-    stack.stop("naive")
-    log(f"    {out['naive_faust']['attempts_per_s']:.0f} attempts/s")
+    for key, name, module, backlog, what in REFERENCES:
+        log(f"  reference: {what}, backlog {backlogs[backlog]} ...")
+        stack.new_prefix(name)
+        out[key] = run_backlog(stack, backlogs[backlog], lambda name=name, module=module: stack.start_worker(
+            name, module=module, ready_path=""), name)
+        stack.stop(name)
+        log(f"    {out[key]['attempts_per_s']:.0f} attempts/s")
     return out

@@ -5,17 +5,39 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.stats import now_ms
 from schemas.topics import TopicNames
 
 TICK_S = 0.01
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+def producer(bootstrap: str, linger_ms: int, **options: Any) -> AIOKafkaProducer:
+    """The load generators' producer: acks from every replica, 1 MiB batches."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_batch_size=1 << 20,
+                            **options)
+
+
+@dataclass
+class Pending:
+    """Sends without awaiting each ack; ``flush()`` (or reaching ``limit`` unacked sends) awaits them all."""
+
+    producer: AIOKafkaProducer
+    limit: int | None = None
+    futs: list[asyncio.Future[Any]] = field(default_factory=list)
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> None:
+        self.futs.append(await self.producer.send(topic, value, key=key))
+        if self.limit is not None and len(self.futs) >= self.limit:
+            await self.flush()
+
+    async def flush(self) -> None:
+        await asyncio.gather(*self.futs)
+        self.futs.clear()
 
 
 def sale_opened(sale_id: str, sku: str, allotment: int, ts: int) -> bytes:
@@ -119,13 +141,6 @@ class LatencyMeter:
             await self._consumer.stop()
 
 
-def percentile(values: list[int], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return float(s[min(len(s) - 1, int(q * len(s)))])
-
-
 async def open_sales(bootstrap: str, names: TopicNames, sales: list[tuple[str, str]], allotment: int) -> None:
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await p.start()
@@ -148,14 +163,14 @@ async def drive(
     progress: bool = True,
 ) -> int:
     """Publish ``rate`` attempts/s for ``duration`` s, one batched record per SKU per 10 ms tick."""
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=1 << 20)
+    p = producer(bootstrap, linger_ms=2)
     await p.start()
+    pending = Pending(p, limit=2001)
     n = start_n
     try:
         t0 = time.monotonic()
         ticks = int(duration / TICK_S)
         carry = 0.0
-        futs = []
         for i in range(ticks):
             target = t0 + i * TICK_S
             delay = target - time.monotonic()
@@ -172,11 +187,8 @@ async def drive(
                 per.setdefault(idx, []).append(attempt(n + k, sales[idx][0], sales[idx][1], ts, users))
             n += count
             for idx, evs in per.items():
-                futs.append(await p.send(names.orders, orjson.dumps(evs), key=sales[idx][1].encode()))
-            if len(futs) > 2000:
-                await asyncio.gather(*futs)
-                futs.clear()
-        await asyncio.gather(*futs)
+                await pending.send(names.orders, orjson.dumps(evs), key=sales[idx][1].encode())
+        await pending.flush()
     finally:
         await p.stop()
     return n

@@ -1,4 +1,4 @@
-"""``flashsale bench metrics``: engagement events/s sustained, event→Redis latency, Redis memory per room.
+"""``python -m bench metrics``: engagement events/s sustained, event→Redis latency, Redis memory per room.
 
 Three measurements against a counters-only worker (``FLASHSALE_AGENTS=counters``):
 
@@ -30,9 +30,11 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from flashsale.bench.procstats import ProcSampler
-from flashsale.bench.stack import BenchStack, make_stack
-from flashsale.embedded import ManagedProcess, StackError, free_port, python_module
+from bench.load import Pending, producer
+from bench.markdown import table
+from bench.options import options_from
+from bench.stack import BenchStack
+from bench.stats import ProcSampler, now_ms, percentile
 from schemas import keys
 from schemas.topics import TopicNames
 
@@ -61,25 +63,6 @@ class Options:
     tick_s: float = 0.05
     backlog: int = 300_000
     drain_timeout_s: float = 60.0
-
-    @classmethod
-    def from_any(cls, src: Any) -> Options:
-        """From an argparse namespace or a dict; ``metrics_<name>`` keys win over ``<name>``."""
-        def get(name: str, default: Any) -> Any:
-            for key in (f"metrics_{name}", name):
-                value = src.get(key) if isinstance(src, dict) else getattr(src, key, None)
-                if value is not None:
-                    return type(default)(value)
-            return default
-
-        d = cls()
-        return cls(rate=get("rate", d.rate), duration_s=get("duration_s", d.duration_s), rooms=get("rooms", d.rooms),
-                   users_per_room=get("users_per_room", d.users_per_room), tick_s=get("tick_s", d.tick_s),
-                   backlog=get("backlog", d.backlog), drain_timeout_s=get("drain_timeout_s", d.drain_timeout_s))
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Generator:
@@ -148,32 +131,6 @@ def hist_quantile(before: dict[float, float], after: dict[float, float], q: floa
     return None
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(q * len(s)))], 1)
-
-
-def start_worker(stack: BenchStack, name: str, timeout: float = 60.0,
-                 extra: dict[str, str] | None = None) -> tuple[ManagedProcess, int]:
-    port = free_port()
-    env = {**stack.env(FLASHSALE_WORKER_PORT=str(port), FLASHSALE_AGENTS="counters"), **(extra or {})}
-    proc = python_module("streams", [], stack.root, name, env=env)
-    stack.procs[name] = proc
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise StackError(f"{name} exited: {proc.log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return proc, port
-        except OSError:
-            time.sleep(0.2)
-    raise StackError(f"{name} not ready in {timeout}s; log {proc.log_path}")
-
-
 async def _probe(client: aioredis.Redis, producer: AIOKafkaProducer, topic: str, room: str, stop: asyncio.Event,
                  samples: list[float]) -> None:
     """Every 100 ms one event to the probe room; poll Redis every 2 ms until it is applied."""
@@ -189,7 +146,7 @@ async def _probe(client: aioredis.Redis, producer: AIOKafkaProducer, topic: str,
         while time.monotonic() < deadline:
             seen = await client.hget(base, "ne")
             if seen is not None and int(seen) >= ts:
-                samples.append(time.time() * 1000 - ts)
+                samples.append(time.time() * 1000 - ts)  # float ms: the probe resolves below 1 ms
                 break
             await asyncio.sleep(0.002)
         await asyncio.sleep(max(0.0, 0.1 - (now_ms() - ts) / 1000))
@@ -201,22 +158,21 @@ async def _fixed_rate(stack: BenchStack, opts: Options, port: int, log: Log, wor
     probe_room = f"mb{stack.prefix.rstrip('.')}-probe"
     gen = Generator(rooms, opts.users_per_room)
     client = aioredis.Redis.from_url(stack.redis_url)
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5,
-                                max_batch_size=1 << 20, max_request_size=4 << 20)
-    await producer.start()
-    sampler = ProcSampler({"worker": stack.procs[worker].pid, "broker": stack.procs["broker"].pid,
-                           "redis": stack.procs["redis"].pid, "load generator": os.getpid()})
+    prod = producer(stack.bootstrap, linger_ms=5, max_request_size=4 << 20)
+    await prod.start()
+    pending = Pending(prod)  # flushed every 10 ticks below
+    sampler = ProcSampler({"worker": stack.procs[worker].pid, **stack.pids("broker", "redis"),
+                           "load generator": os.getpid()})
     probe_samples: list[float] = []
     stop = asyncio.Event()
     try:
         hist0 = await asyncio.to_thread(scrape, port)
         sampler.start()
-        probe = asyncio.create_task(_probe(client, producer, names.engagement, probe_room, stop, probe_samples))
+        probe = asyncio.create_task(_probe(client, prod, names.engagement, probe_room, stop, probe_samples))
         produced = 0
         carry = 0.0
         t0 = time.monotonic()
         ticks = int(opts.duration_s / opts.tick_s)
-        futs: list[Any] = []
         late_ticks = 0
         for i in range(ticks):
             delay = t0 + i * opts.tick_s - time.monotonic()
@@ -231,13 +187,12 @@ async def _fixed_rate(stack: BenchStack, opts: Options, port: int, log: Log, wor
             for j, room in enumerate(rooms):
                 k = per_room + (1 if j < extra else 0)
                 if k:
-                    futs.append(await producer.send(names.engagement, gen.batch(room, k, ts), key=room.encode()))
+                    await pending.send(names.engagement, gen.batch(room, k, ts), key=room.encode())
             produced += count
             if i % 10 == 9:
                 sampler.sample()
-                await asyncio.gather(*futs)
-                futs.clear()
-        await asyncio.gather(*futs)
+                await pending.flush()
+        await pending.flush()
         send_s = time.monotonic() - t0
         stop.set()
         await probe
@@ -252,7 +207,7 @@ async def _fixed_rate(stack: BenchStack, opts: Options, port: int, log: Log, wor
         memory = await room_memory(client, rooms[0], opts.rate / opts.rooms)
     finally:
         stop.set()
-        await producer.stop()
+        await prod.stop()
         await client.aclose()
     log(f"  fixed rate {opts.rate:.0f}/s: applied {done}/{produced} events, drain {drain_s:.2f}s after send")
     return {
@@ -338,33 +293,28 @@ async def _publish_backlog(stack: BenchStack, opts: Options) -> list[str]:
     names = TopicNames(stack.prefix)
     rooms = [f"mb{stack.prefix.rstrip('.')}-{i}" for i in range(opts.rooms)]
     gen = Generator(rooms, opts.users_per_room, seed=2)
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5,
-                                max_batch_size=1 << 20, max_request_size=4 << 20)
-    await producer.start()
+    prod = producer(stack.bootstrap, linger_ms=5, max_request_size=4 << 20)
+    await prod.start()
     try:
-        futs = []
+        pending = Pending(prod, limit=200)
         per_record = 500
         left = opts.backlog
         i = 0
         while left > 0:
             k = min(per_record, left)
             room = rooms[i % len(rooms)]
-            futs.append(await producer.send(names.engagement, gen.batch(room, k, now_ms()), key=room.encode()))
+            await pending.send(names.engagement, gen.batch(room, k, now_ms()), key=room.encode())
             left -= k
             i += 1
-            if len(futs) >= 200:
-                await asyncio.gather(*futs)
-                futs.clear()
-        await asyncio.gather(*futs)
+        await pending.flush()
     finally:
-        await producer.stop()
+        await prod.stop()
     return rooms
 
 
 async def _drain(stack: BenchStack, rooms: list[str], total: int, timeout: float) -> dict[str, Any]:
     client = aioredis.Redis.from_url(stack.redis_url)
-    sampler = ProcSampler({"worker": stack.procs["metrics-drain"].pid, "broker": stack.procs["broker"].pid,
-                           "redis": stack.procs["redis"].pid})
+    sampler = ProcSampler({"worker": stack.procs["metrics-drain"].pid, **stack.pids("broker", "redis")})
     sampler.start()
     try:
         deadline = time.monotonic() + timeout
@@ -420,18 +370,15 @@ def _markdown(runs: list[dict[str, Any]], drain: dict[str, Any] | None, steady: 
         "the record) to the end of the Lua call that applied it, from the worker's histogram (interpolated "
         "inside its bucket) and from an outside probe (one event every 100 ms, Redis polled every 2 ms).",
         "",
-        "| worker settings | target/s | sent/s | applied/s | drained after send | p50 ms | p99 ms (histogram) "
-        "| p99 ms (probe) | worker CPU % | broker CPU % | redis CPU % | generator CPU % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *table(("worker settings", "target/s", "sent/s", "applied/s", "drained after send", "p50 ms",
+                "p99 ms (histogram)", "p99 ms (probe)", "worker CPU %", "broker CPU %", "redis CPU %",
+                "generator CPU %"),
+               [(f"{f['profile']} {f['settings'] or ''}", f"{f['target_rate']:.0f}", f"{f['achieved_send_rate']:.0f}",
+                 f"{f['applied_rate']:.0f}", f"{f['drain_after_send_s']} s", f["latency_ms"]["p50"],
+                 f["latency_ms"]["p99"], f["probe_latency_ms"]["p99"], p["worker"]["cpu_percent"],
+                 p["broker"]["cpu_percent"], p["redis"]["cpu_percent"], p["load generator"]["cpu_percent"])
+                for f in runs for p in (f["processes"],)], "l" + "r" * 11),
     ]
-    for fixed in runs:
-        p = fixed["processes"]
-        lines.append(
-            f"| {fixed['profile']} {fixed['settings'] or ''} | {fixed['target_rate']:.0f} "
-            f"| {fixed['achieved_send_rate']:.0f} | {fixed['applied_rate']:.0f} | {fixed['drain_after_send_s']} s "
-            f"| {fixed['latency_ms']['p50']} | {fixed['latency_ms']['p99']} | {fixed['probe_latency_ms']['p99']} "
-            f"| {p['worker']['cpu_percent']} | {p['broker']['cpu_percent']} | {p['redis']['cpu_percent']} "
-            f"| {p['load generator']['cpu_percent']} |")
     lines += [
         "",
         f"Memory of one room after the run: {mem['bytes']:,} bytes: "
@@ -457,7 +404,7 @@ def _profile_run(stack: BenchStack, o: Options, profile: str, extra: dict[str, s
     """One fixed-rate run on a fresh worker started with ``extra`` settings."""
     log(f"metrics ({profile}): {o.rate:.0f} events/s for {o.duration_s:.0f}s over {o.rooms} rooms")
     stack.new_prefix("mbench")
-    _, port = start_worker(stack, "metrics-worker", extra=extra)
+    port = stack.start_worker("metrics-worker", env={"FLASHSALE_AGENTS": "counters", **extra})
     try:
         fixed = asyncio.run(_fixed_rate(stack, o, port, log, "metrics-worker"))
     finally:
@@ -466,9 +413,10 @@ def _profile_run(stack: BenchStack, o: Options, profile: str, extra: dict[str, s
     return fixed
 
 
-def bench(stack: BenchStack, opts: dict[str, Any] | Any, log: Log) -> dict[str, Any]:
-    """Entry point of ``flashsale bench`` (flashsale.bench.report): runs on the given stack."""
-    o = Options.from_any(opts)
+def bench(stack: BenchStack, opts: dict[str, Any], log: Log) -> dict[str, Any]:
+    """Entry point of ``python -m bench metrics`` (bench.report): runs on the given stack. ``opts`` may carry
+    rate, duration_s, rooms, users_per_room, tick_s, backlog, drain_timeout_s (``metrics_<name>`` wins)."""
+    o = options_from(Options, opts, "metrics")
     runs = [_profile_run(stack, o, profile, extra, log) for profile, extra in PROFILES]
     runs += [_profile_run(stack, replace(o, rate=rate), *PROFILES[0], log) for rate in KNEE_RATES if rate < o.rate]
     log(f"metrics: Redis memory of one room at {o.rate / o.rooms:.0f} events/s, windows full")
@@ -478,7 +426,7 @@ def bench(stack: BenchStack, opts: dict[str, Any] | Any, log: Log) -> dict[str, 
         log(f"metrics: backlog of {o.backlog} events")
         stack.new_prefix("mdrain")
         rooms = asyncio.run(_publish_backlog(stack, o))
-        start_worker(stack, "metrics-drain")
+        stack.start_worker("metrics-drain", env={"FLASHSALE_AGENTS": "counters"})
         try:
             drain = asyncio.run(_drain(stack, rooms, o.backlog, o.drain_timeout_s * 3))
         finally:
@@ -486,15 +434,3 @@ def bench(stack: BenchStack, opts: dict[str, Any] | Any, log: Log) -> dict[str, 
     return {"name": "metrics", "params": asdict(o), "fixed_rate": runs, "backlog": drain, "steady_memory": steady,
             "summary": _summary(runs, drain, steady), "markdown": _markdown(runs, drain, steady)}
 
-
-async def run(args: Any) -> dict[str, Any]:
-    """Standalone: start a throwaway stack, run :func:`bench` on it, stop it. ``args`` may carry rate,
-    duration_s, rooms, users_per_room, tick_s, backlog (an argparse namespace or a dict)."""
-    def go() -> dict[str, Any]:
-        stack = make_stack()
-        try:
-            return bench(stack, args, lambda msg: print(msg, flush=True))
-        finally:
-            stack.close()
-
-    return await asyncio.to_thread(go)

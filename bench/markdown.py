@@ -1,8 +1,16 @@
-"""Render benchmark results as the docs/BENCHMARKS.md table."""
+"""The bench's one Markdown renderer: tables, the summary rows and docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str) -> list[str]:
+    """A Markdown table's lines; ``align`` has one letter per column: ``l`` (text) or ``r`` (numbers)."""
+    assert len(align) == len(header), (header, align)
+    sep = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return ["| " + " | ".join(header) + " |", sep, *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
 
 
 def _f(x: Any, nd: int = 0) -> str:
@@ -90,7 +98,7 @@ def render(r: dict[str, Any]) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (`flashsale bench all`); every figure below comes from that run. Numbers are",
+        "Written by `make bench` (`python -m bench all`); every figure below comes from that run. Numbers are",
         "from one machine with broker, Redis, workers and the load generator all on the same cores, so they",
         "show the shape and the bottleneck, not a cluster's capacity.",
         "",
@@ -99,29 +107,19 @@ def render(r: dict[str, Any]) -> str:
         f"- Python {m['python']}, redis-server {m['redis']}, broker: Tansu (embedded, memory only)",
         f"- Settings: {r['settings']}",
         "",
-        "| measure | value | note |",
-        "|---|---:|---|",
+        *table(("measure", "value", "note"), summary_rows(r), "lrl"),
     ]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(r)]
     stock = r.get("stock")
     if stock:
-        lines += [
-            "",
-            "## Stock core: fixed-rate steps",
-            "",
-            "| target/s | achieved/s | p50 ms | p99 ms | max ms | drained after send | worker CPU % | worker RSS MB "
-            "| broker CPU % | redis CPU % | load generator CPU % | load generator RSS MB | all CPU % |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for s in stock["rates"]:
-            p = s["processes"]
-            lines.append(
-                f"| {_f(s['target_rate'])} | {_f(s['achieved_rate'])} | {_f(s['p50_ms'])} | {_f(s['p99_ms'])} "
-                f"| {_f(s['max_ms'])} | {s['drain_after_send_s']} s | {p['worker']['cpu_percent']} "
-                f"| {p['worker']['rss_mb']} | {p['broker']['cpu_percent']} | {p['redis']['cpu_percent']} "
-                f"| {p.get('loadgen', {}).get('cpu_percent', '')} | {p.get('loadgen', {}).get('rss_mb', '')} "
-                f"| {_cpu_sum(p):.0f} |"
-            )
+        header = ("target/s", "achieved/s", "p50 ms", "p99 ms", "max ms", "drained after send", "worker CPU %",
+                  "worker RSS MB", "broker CPU %", "redis CPU %", "load generator CPU %", "load generator RSS MB",
+                  "all CPU %")
+        rows = [(_f(s["target_rate"]), _f(s["achieved_rate"]), _f(s["p50_ms"]), _f(s["p99_ms"]), _f(s["max_ms"]),
+                 f"{s['drain_after_send_s']} s", p["worker"]["cpu_percent"], p["worker"]["rss_mb"],
+                 p["broker"]["cpu_percent"], p["redis"]["cpu_percent"], p.get("loadgen", {}).get("cpu_percent", ""),
+                 p.get("loadgen", {}).get("rss_mb", ""), f"{_cpu_sum(p):.0f}")
+                for s in stock["rates"] for p in (s["processes"],)]
+        lines += ["", "## Stock core: fixed-rate steps", "", *table(header, rows, "r" * len(header))]
         lines += [
             "",
             "Latency is event time (set by the load generator when it builds the batch) to the moment a",

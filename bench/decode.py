@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from bench.markdown import table
 from schemas.codec import decode_record, encode_batch
 from schemas.events import CartAdded, Event, OrderPlaced, ViewerLiked, make_event
 
@@ -64,8 +65,7 @@ def bench(stack: Any, opts: dict[str, Any], log: Callable[[str], None]) -> dict[
     lines = ["## Decode and validate", "",
              "`schemas.codec.decode_record` (msgspec: decode and validate in one call) against `orjson.loads` of",
              "the same record bytes, in the same process and run; median of 5 repeats of 400 decodes.", "",
-             "| batch | bytes | orjson.loads µs/event | decode + validate µs/event | ratio |",
-             "|---|---:|---:|---:|---:|"]
-    lines += [f"| {BATCH} × {name} | {r['record_bytes']} | {r['orjson_loads_us']} | {r['decode_validate_us']} "
-              f"| {r['ratio']}x |" for name, r in result.items()]
+             *table(("batch", "bytes", "orjson.loads µs/event", "decode + validate µs/event", "ratio"),
+                    [(f"{BATCH} × {name}", r["record_bytes"], r["orjson_loads_us"], r["decode_validate_us"],
+                      f"{r['ratio']}x") for name, r in result.items()], "lrrrr")]
     return {"results": result, "summary": summary, "markdown": "\n".join(lines)}
