@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from schemas.events import AnyEvent, Event, ValidationError, parse_event
+from schemas.events import AnyEvent, Event, ValidationError, bad_key_ids, parse_event
 
 MAX_BATCH_ITEMS: Final = 10_000
 # Default record size limit of the agents' input (FLASHSALE_MAX_RECORD_BYTES) and of their output batches.
@@ -86,11 +86,9 @@ def decode_record(value: bytes | None, max_bytes: int | None = None) -> Decoded:
     except msgspec.DecodeError:  # invalid JSON or an invalid event: find out which, item by item
         pass
     else:
-        if not isinstance(fast, list):
-            out.events.append(fast)
-            return out
-        if fast and len(fast) <= MAX_BATCH_ITEMS:
-            out.events = fast
+        events = fast if isinstance(fast, list) else [fast]
+        if events and len(events) <= MAX_BATCH_ITEMS and not bad_key_ids(events):
+            out.events = events
             return out
     try:
         obj = orjson.loads(value)

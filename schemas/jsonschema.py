@@ -22,7 +22,7 @@ from typing import Any, Final
 import msgspec
 
 from schemas.codec import MAX_BATCH_ITEMS
-from schemas.events import ENVELOPES, PAYLOADS, SaleOpened
+from schemas.events import ENVELOPES, ID_PATTERN, KEY_ID_FIELDS, PAYLOADS, SaleOpened
 
 DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID: Final = "https://flashsale.example/schemas/v1/"
@@ -42,9 +42,19 @@ def components() -> dict[str, dict[str, Any]]:
         env["description"] = " ".join(filter(None, (
             f"The {type_} event ({PAYLOADS[type_].__name__}) in its versioned envelope.", _RULES.get(type_), _NOTE)))
         env["properties"]["type"] = {"const": type_}
+        _key_id_patterns(env, defs[PAYLOADS[type_].__name__])
         if type_ in _RULES:
             defs[PAYLOADS[type_].__name__]["description"] = _RULES[type_]
     return defs
+
+
+def _key_id_patterns(envelope: dict[str, Any], payload: dict[str, Any]) -> None:
+    """The id charset the decoder checks (once per distinct value, not as a msgspec pattern)."""
+    for name in KEY_ID_FIELDS:
+        props = envelope["properties"] if name == "room_id" else payload["properties"]
+        prop = props.get(name.removeprefix("data."))
+        if prop is not None and "type" in prop:
+            prop["pattern"] = ID_PATTERN
 
 
 def _names(type_: str) -> tuple[str, str]:

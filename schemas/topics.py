@@ -9,7 +9,7 @@ from schemas.events import Event, Payload
 
 ORDERS: Final = "orders"  # sale.*, stock.adjusted, order.placed/paid/cancelled; keyed by SKU
 ENGAGEMENT: Final = "engagement"  # viewer.*, product.clicked, cart.*; keyed by room
-DECISIONS: Final = "order-decisions"  # order.accepted/rejected/expired, sale.sold_out; keyed by SKU
+DECISIONS: Final = "order-decisions"  # order.accepted/rejected/expired, sale.sold_out, stock.changed; by SKU
 ALERTS: Final = "alerts"  # spike.detected; keyed by subject id
 DEAD_LETTER: Final = "dead-letter"  # bad input with its reason; keyed by reason
 
@@ -24,7 +24,7 @@ _ROUTES: Final[dict[str, str]] = {
     "sale.opened": ORDERS, "sale.closed": ORDERS, "stock.adjusted": ORDERS,
     "order.placed": ORDERS, "order.paid": ORDERS, "order.cancelled": ORDERS,
     "order.accepted": DECISIONS, "order.rejected": DECISIONS, "order.expired": DECISIONS,
-    "sale.sold_out": DECISIONS, "spike.detected": ALERTS,
+    "sale.sold_out": DECISIONS, "stock.changed": DECISIONS, "spike.detected": ALERTS,
 }
 
 

@@ -16,6 +16,7 @@ from schemas.events import (
     SaleOpened,
     SaleSoldOut,
     StockAdjusted,
+    StockChanged,
     new_event,
 )
 
@@ -71,6 +72,17 @@ def decision_event(order: Event, result: dict[str, Any]) -> Event:
                                 detail=str(result.get("detail") or ""))
     return new_event(payload, event_id=event_id, ts=order.ts, room_id=order.room_id, user_id=order.user_id,
                  channel=order.channel, referrer_id=order.referrer_id)
+
+
+def stock_changed_event(adjust: Event, result: dict[str, Any]) -> Event:
+    """The stock.changed event saying what a stock.adjusted did (deterministic id: replays re-emit it)."""
+    d = adjust.data
+    assert isinstance(d, StockAdjusted)
+    payload = StockChanged(sale_id=d.sale_id, sku=d.sku, delta=d.delta, applied=int(result["applied"]),
+                           removal_pending=int(result["pending"]), allotted=int(result["allotted"]),
+                           available=int(result["available"]))
+    return new_event(payload, event_id=f"adj:{d.sale_id}:{adjust.event_id}", ts=adjust.ts, room_id=adjust.room_id,
+                     user_id=adjust.user_id, channel=adjust.channel)
 
 
 def outbox_event(item: dict[str, Any]) -> Event:

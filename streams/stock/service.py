@@ -16,7 +16,7 @@ from schemas.topics import DECISIONS
 from streams.emit import Outbound, Record, SendFn, bad, flush
 from streams.metrics import WorkerMetrics
 from streams.resilience import check_fault
-from streams.stock.logic import BAD_STATUSES, decision_event, outbox_event, sale_of, to_op
+from streams.stock.logic import BAD_STATUSES, decision_event, outbox_event, sale_of, stock_changed_event, to_op
 from streams.stock.store import SaleBatchResult, StockStore
 
 logger = logging.getLogger(__name__)
@@ -139,6 +139,8 @@ class StockService:
             else:
                 status = str(r.get("status"))
                 self.metrics.order_updates.labels(op, status).inc()
+                if op == "adjust" and status == "adjusted":  # also on a replay: the stored result
+                    out.add(DECISIONS, stock_changed_event(event, r))
                 if status in BAD_STATUSES:
                     out.reject(bad(0, status, f"{event.type} refers to {status.replace('_', ' ')}",
                                    orjson.dumps(event.to_dict())), rec, self.metrics)

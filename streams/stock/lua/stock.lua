@@ -16,7 +16,8 @@ for i = 1, #raw, 2 do S[raw[i]] = raw[i + 1] end
 local exists = S.sale_id ~= nil
 local NUM = {'allotted', 'available', 'reserved', 'sold', 'price', 'per_user_limit', 'starts_at', 'ends_at',
              'ttl_ms', 'attempts', 'accepted', 'rej_sold_out', 'rej_limit_exceeded', 'rej_sale_not_active',
-             'rej_duplicate', 'rej_invalid', 'expired', 'cancelled', 'paid', 'gmv', 'soldout', 'opened_at'}
+             'rej_duplicate', 'rej_invalid', 'expired', 'cancelled', 'paid', 'gmv', 'soldout', 'opened_at',
+             'removal_pending'}
 for _, f in ipairs(NUM) do S[f] = tonumber(S[f] or '0') end
 local dirty = false
 
@@ -37,9 +38,14 @@ local function note_sold_out(ts)
   end
 end
 
+-- Units released from a reservation first pay off a pending removal (stock.adjusted asked to remove
+-- units that were reserved): those leave the allotment instead of being sold again.
 local function release(order_id, rec, state, ts)
+  local pay = math.min(S.removal_pending, rec.q)
+  S.removal_pending = S.removal_pending - pay
+  S.allotted = S.allotted - pay
   S.reserved = S.reserved - rec.q
-  S.available = S.available + rec.q
+  S.available = S.available + rec.q - pay
   local held = redis.call('HINCRBY', users_k, rec.u, -rec.q)
   if held <= 0 then redis.call('HDEL', users_k, rec.u) end
   redis.call('ZREM', dl_k, order_id)
@@ -154,6 +160,10 @@ local function apply(i, o)
     local status
     if redis.call('SADD', applied_k, o.event_id) == 0 then
       status = 'replay'
+      if op == 'adjust' then
+        local stored = redis.call('HGET', dups_k, 'adj:' .. o.event_id)
+        if stored then res[i] = cjson.decode(stored); res[i].replay = true end
+      end
     elseif op == 'open' then
       dirty = true
       if not exists then
@@ -180,13 +190,25 @@ local function apply(i, o)
       status = 'closed'
     else
       dirty = true
-      local delta = o.delta
-      if delta < 0 and -delta > S.available then delta = -S.available end
-      S.allotted = S.allotted + delta
-      S.available = S.available + delta
+      -- Removing more than is available removes what is available now and the rest as reservations
+      -- are released (a pending removal); adding pays off a pending removal first.
+      local applied
+      if o.delta < 0 then
+        local take = math.min(-o.delta, S.available)
+        S.removal_pending = S.removal_pending + (-o.delta - take)
+        applied = -take
+      else
+        local pay = math.min(S.removal_pending, o.delta)
+        S.removal_pending = S.removal_pending - pay
+        applied = o.delta - pay
+      end
+      S.allotted = S.allotted + applied
+      S.available = S.available + applied
       note_sold_out(o.ts)
       status = 'adjusted'
-      res[i] = {op = op, status = status, applied = delta}
+      res[i] = {op = op, status = status, delta = o.delta, applied = applied, pending = S.removal_pending,
+                allotted = S.allotted, available = S.available}
+      redis.call('HSET', dups_k, 'adj:' .. o.event_id, cjson.encode(res[i]))
     end
     if not res[i] then res[i] = {op = op, status = status} end
   else

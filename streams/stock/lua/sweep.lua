@@ -6,16 +6,22 @@ local now = tonumber(ARGV[1])
 local due = redis.call('ZRANGEBYSCORE', dl_k, '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local released = 0
 if #due > 0 then
-  local s = redis.call('HMGET', sale_k, 'sale_id', 'sku', 'room_id', 'available', 'reserved', 'expired')
+  local s = redis.call('HMGET', sale_k, 'sale_id', 'sku', 'room_id', 'available', 'reserved', 'expired',
+                       'allotted', 'removal_pending')
   local available, reserved, expired = tonumber(s[4]), tonumber(s[5]), tonumber(s[6] or '0')
+  local allotted, pending = tonumber(s[7] or '0'), tonumber(s[8] or '0')
   for _, order_id in ipairs(due) do
     local prev = redis.call('HGET', orders_k, order_id)
     redis.call('ZREM', dl_k, order_id)
     if prev then
       local rec = cjson.decode(prev)
       if rec.s == 'reserved' then
+        -- released units first pay off a pending removal (see stock.lua): they are not sold again
+        local pay = math.min(pending, rec.q)
+        pending = pending - pay
+        allotted = allotted - pay
         reserved = reserved - rec.q
-        available = available + rec.q
+        available = available + rec.q - pay
         expired = expired + 1
         local held = redis.call('HINCRBY', users_k, rec.u, -rec.q)
         if held <= 0 then redis.call('HDEL', users_k, rec.u) end
@@ -27,7 +33,8 @@ if #due > 0 then
       end
     end
   end
-  local fields = {'available', available, 'reserved', reserved, 'expired', expired}
+  local fields = {'available', available, 'reserved', reserved, 'expired', expired, 'allotted', allotted,
+                  'removal_pending', pending}
   if available > 0 then fields[#fields + 1] = 'soldout'; fields[#fields + 1] = 0 end
   redis.call('HSET', sale_k, unpack(fields))
 end

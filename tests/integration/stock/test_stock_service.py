@@ -349,3 +349,35 @@ async def test_attempts_on_a_sale_never_opened_leave_only_expiring_state(svc_par
         assert await redis_client.pttl(key) == -1, key  # opened: kept like any sale
     assert await redis_client.hget(rk.sale_partitions(), "ghost") == b"0"
     assert (await sale_state(redis_client, "ghost"))["attempts"] == "6"
+
+
+async def test_removing_reserved_units_never_sells_them_again(redis_client: aioredis.Redis) -> None:
+    """Issue 12, item 6: a removal of units that are reserved was clamped silently, and the units were
+    sold again when the carts expired (10 of 10). Now it is pending, paid by releases, and said."""
+    from schemas.events import StockAdjusted, make_event
+
+    sink, metrics, clock = Sink(), WorkerMetrics(), Clock(T0 + 5000)
+    svc = StockService(StockStore(redis_client, metrics), metrics, sink.send, clock=clock)
+    await svc.handle(records([sale_opened(allotment=10, limit=10)] +
+                             [order(f"r{i}", f"u{i}", T0 + 1 + i) for i in range(10)]))
+    remove = make_event(StockAdjusted(sale_id="s1", sku="sku-1", delta=-10, reason="recall"), event_id="adj-rm",
+                        ts=T0 + 20, room_id="room-1", user_id="host")
+    await svc.handle(records([remove]))
+    [changed] = sink.decisions("stock.changed")
+    assert changed["event_id"] == "adj:s1:adj-rm"
+    assert {k: changed["data"][k] for k in ("delta", "applied", "removal_pending", "allotted", "available")} == {
+        "delta": -10, "applied": 0, "removal_pending": 10, "allotted": 10, "available": 0}
+    await svc.handle(records([cancelled("r0", "u0", T0 + 30)]))  # one cart given up: its unit leaves the sale
+    st = await sale_state(redis_client)
+    assert (st["allotted"], st["available"], st["reserved"], st["removal_pending"]) == ("9", "0", "9", "9")
+    clock.t = T0 + 10**9  # every other reservation expires
+    await svc.sweep()
+    st = await sale_state(redis_client)
+    assert (st["allotted"], st["available"], st["reserved"], st["sold"], st["removal_pending"]) == (
+        "0", "0", "0", "0", "0")
+    await svc.handle(records([order(f"late{i}", f"v{i}", T0 + 100 + i) for i in range(10)]))
+    assert {d["data"]["reason"] for d in sink.decisions("order.rejected")} == {"sold_out"}
+    st = await sale_state(redis_client)
+    await svc.handle(records([remove]))  # a replay re-emits the same answer and changes nothing
+    assert sink.decisions("stock.changed")[-1] == changed, sink.decisions("stock.changed")
+    assert await sale_state(redis_client) == st
