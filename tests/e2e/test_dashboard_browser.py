@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from consumers import readmodel
 from flashsale.embedded import ManagedProcess, free_port, python_module
 from schemas import keys as rk
-from tests.conftest import WorkerHandle
+from tests.harness.workers import WorkerHandle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

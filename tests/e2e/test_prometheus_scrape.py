@@ -23,8 +23,9 @@ import yaml
 from flashsale.embedded import ManagedProcess, free_port, spawn
 from schemas.events import Event, OrderPlaced, SaleOpened, make_event
 from schemas.topics import ORDERS
-from tests.conftest import Broker, start_worker
-from tests.kafka_util import produce_events
+from tests.harness.broker import Broker
+from tests.harness.kafka import produce_events
+from tests.harness.workers import start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -22,8 +22,8 @@ from tests.faults.checks import (
     check_stock,
     probe,
 )
-from tests.faults.conftest import WorkerGroup, counters_available
 from tests.faults.traffic import ROOM_FIELDS, SaleSpec, Traffic
+from tests.harness.worker_group import WorkerGroup, counters_available
 
 ANSWER_TIMEOUT_S = 180.0
 

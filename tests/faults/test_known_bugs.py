@@ -12,12 +12,13 @@ import redis.asyncio as aioredis
 
 from flashsale.audit import audit
 from schemas.topics import TopicNames
-from tests.conftest import Broker
 from tests.faults.checks import TopicTail, order_records
-from tests.faults.conftest import PARTITIONS, AofRedis, counters_available
 from tests.faults.traffic import PRICE, make_sales
+from tests.harness.aof_redis import AofRedis
+from tests.harness.broker import Broker
+from tests.harness.kafka import produce_events, produce_raw
+from tests.harness.worker_group import PARTITIONS, counters_available
 from tests.integration.stock.helpers import order
-from tests.kafka_util import produce_events, produce_raw
 
 pytestmark = pytest.mark.faults
 

@@ -11,11 +11,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from schemas.topics import TopicNames
-from tests.conftest import Broker
 from tests.faults.checks import longest_pause, record
-from tests.faults.conftest import PARTITIONS, AofRedis
 from tests.faults.scenario import verify
 from tests.faults.traffic import BadMix, Traffic, make_sales
+from tests.harness.aof_redis import AofRedis
+from tests.harness.broker import Broker
+from tests.harness.worker_group import PARTITIONS
 
 pytestmark = pytest.mark.faults
 

@@ -12,11 +12,12 @@ import redis.asyncio as aioredis
 
 from schemas import keys as rk
 from schemas.topics import ENGAGEMENT, ORDERS, TopicNames
-from tests.conftest import Broker
 from tests.faults.checks import probe, read_raw, record
-from tests.faults.conftest import PARTITIONS, AofRedis
 from tests.faults.scenario import verify, wait_answers
 from tests.faults.traffic import BadMix, Traffic, make_sales
+from tests.harness.aof_redis import AofRedis
+from tests.harness.broker import Broker
+from tests.harness.worker_group import PARTITIONS
 
 pytestmark = pytest.mark.faults
 

@@ -15,11 +15,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.events import OrderPaid, make_event
 from schemas.topics import TopicNames
-from tests.conftest import Broker
 from tests.faults.checks import order_records, record, sale_hash
-from tests.faults.conftest import PARTITIONS, SWEEP_INTERVAL_S, AofRedis
 from tests.faults.scenario import verify, wait_answers
 from tests.faults.traffic import BadMix, SaleSpec, Traffic, make_sales, now_ms
+from tests.harness.aof_redis import AofRedis
+from tests.harness.broker import Broker
+from tests.harness.worker_group import PARTITIONS, SWEEP_INTERVAL_S
 
 pytestmark = pytest.mark.faults
 

@@ -30,7 +30,7 @@ from schemas.events import (
     make_event,
 )
 from schemas.topics import ENGAGEMENT, ORDERS, TopicNames, logical_topic, partition_key
-from tests.faults.conftest import counters_available
+from tests.harness.worker_group import counters_available
 
 PRICE = 9900
 LIMIT = 2

@@ -21,9 +21,10 @@ from consumers.api import add_api_routes
 from schemas import keys
 from schemas.events import OrderPlaced, SaleOpened, ViewerJoined, make_event
 from schemas.topics import TopicNames
-from tests.conftest import Broker, WorkerHandle, start_worker
-from tests.kafka_util import produce_events, produce_raw, read_topic
-from tests.unit.streams.test_counters_recount import (
+from tests.harness.broker import Broker
+from tests.harness.kafka import produce_events, produce_raw, read_topic
+from tests.harness.workers import WorkerHandle, start_worker
+from tests.integration.test_counters_recount import (
     PARAMS,
     Harness,
     Scenario,

@@ -12,7 +12,7 @@ from producers.decisions import Decision, DecisionWaiter, decision_from_event, d
 from producers.sdk import Publisher
 from schemas import keys
 from schemas.events import Event, OrderAccepted, OrderExpired, OrderRejected, SaleSoldOut, ViewerLiked, make_event
-from tests.conftest import Broker
+from tests.harness.broker import Broker
 
 TS = 1_700_000_000_000
 

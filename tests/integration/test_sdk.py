@@ -16,8 +16,9 @@ from schemas import keys
 from schemas.codec import decode_record
 from schemas.events import CartAdded, Event, OrderPlaced, ValidationError, ViewerLiked, make_event
 from schemas.topics import TopicNames, partition_key
-from tests.conftest import Broker, RedisServer
-from tests.kafka_util import read_topic
+from tests.harness.broker import Broker
+from tests.harness.kafka import read_topic
+from tests.harness.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4  # the `topics` fixture creates 4 partitions per topic

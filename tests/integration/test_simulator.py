@@ -27,8 +27,9 @@ from schemas import keys
 from schemas.events import OrderPlaced
 from schemas.order_record import parse_order_record
 from schemas.topics import TopicNames
-from tests.conftest import Broker, WorkerHandle, start_worker
-from tests.kafka_util import read_topic
+from tests.harness.broker import Broker
+from tests.harness.kafka import read_topic
+from tests.harness.workers import WorkerHandle, start_worker
 
 pytestmark = pytest.mark.integration
 

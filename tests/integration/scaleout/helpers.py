@@ -7,7 +7,6 @@ import json
 import random
 import re
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,15 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from prometheus_client.parser import text_string_to_metric_families
 
+from flashsale.embedded import free_port
 from schemas import keys as rk
 from schemas.events import Event
 from schemas.order_record import parse_order_record
 from schemas.topics import TopicNames
-from tests.conftest import WorkerHandle
+from tests.harness.kafka import produce_events, read_topic
+from tests.harness.workers import (
+    Samples,
+    WorkerHandle,
+    assigned_partitions,
+    scrape,
+    start_worker,
+    total,
+    wait_stable_assignment,
+)
 from tests.integration.stock.helpers import order, sale_opened
-from tests.kafka_util import produce_events, read_topic
 
 ALLOTMENT = 250
 LIMIT = 2
@@ -137,55 +144,7 @@ async def run_burst(bootstrap: str, prefix: str, b: MultiBurst,
     return decisions, (finished[0] - started) if finished else float("nan"), published
 
 
-# --- worker /metrics -------------------------------------------------------------------------------
-
-Samples = list[tuple[str, dict[str, str], float]]
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=3) as resp:
-        return str(resp.read().decode())
-
-
-async def scrape(port: int) -> Samples:
-    text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
-    return [(s.name, dict(s.labels), s.value) for fam in text_string_to_metric_families(text) for s in fam.samples]
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items()))
-
-
-async def assigned_partitions(port: int, topic: str) -> set[int]:
-    """Partitions of ``topic`` the worker holds now: the consumer-lag gauge has one series per
-    assigned partition and drops the series of revoked ones. Its topic label may be the full
-    topic name or the logical one ("orders"); both are accepted."""
-    logical = topic.rsplit(".", 1)[-1]
-    return {int(lab["partition"]) for n, lab, _ in await scrape(port)
-            if n == "flashsale_consumer_lag" and lab.get("topic") in (topic, logical)}
-
-
-async def wait_stable_assignment(workers: Sequence[WorkerHandle], topic: str, partitions: int,
-                                 limit_s: float = 90.0, settle: float = 4.5) -> list[set[int]]:
-    """Wait until the workers' partitions are disjoint, cover the topic, none is empty, and stay so
-    for ``settle`` seconds (longer than the 2 s lag timer that refreshes the gauge)."""
-    deadline = time.monotonic() + limit_s
-    stable_since: float | None = None
-    last: list[set[int]] = []
-    while time.monotonic() < deadline:
-        now = [await assigned_partitions(w.port, topic) for w in workers]
-        ok = (all(now) and sum(len(p) for p in now) == partitions
-              and set().union(*now) == set(range(partitions)))
-        if ok and now == last:
-            stable_since = stable_since or time.monotonic()
-            if time.monotonic() - stable_since >= settle:
-                return now
-        else:
-            stable_since = time.monotonic() if ok else None
-        last = now
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"no stable partition split within {limit_s}s; last seen {last}")
-
+# --- worker logs ------------------------------------------------------------------------------------
 
 _LINE = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]? (.*)$")
 
@@ -287,9 +246,6 @@ class Outcome:
 async def burst_with_workers(env: dict[str, str], workers: int, log_dir: Path, bootstrap: str, prefix: str,
                              b: MultiBurst, partitions: int) -> Outcome:
     """Start ``workers`` stock workers in one group, wait for a stable split, run the burst, scrape."""
-    from flashsale.embedded import free_port
-    from tests.conftest import start_worker
-
     orders = TopicNames(prefix).orders
     handles: list[WorkerHandle] = []
     join_s = rebalance_s = None

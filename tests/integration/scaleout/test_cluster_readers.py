@@ -31,7 +31,6 @@ from producers.gateway.app import make_runner
 from producers.gateway.routes import STATE
 from producers.gateway.settings import GatewaySettings
 from producers.sdk import Publisher
-from producers.settings import PublisherSettings
 from producers.settings import get_settings as get_publisher_settings
 from producers.simulation.settings import get_settings as get_simulator_settings
 from schemas import keys
@@ -39,10 +38,11 @@ from schemas.events import Event
 from streams.metrics import WorkerMetrics
 from streams.stock.logic import to_op
 from streams.stock.store import StockStore
-from tests.conftest import Broker, RedisServer
-from tests.integration.scaleout.conftest import RedisClusterHandle
+from tests.harness.broker import Broker
+from tests.harness.redis_cluster import RedisClusterHandle
+from tests.harness.redis_server import RedisServer
 from tests.integration.stock.helpers import order, sale_opened
-from tests.unit.streams.test_counters_recount import SALES, Harness, Scenario, build_scenario, to_records
+from tests.integration.test_counters_recount import SALES, Harness, Scenario, build_scenario, to_records
 
 pytestmark = pytest.mark.integration
 
@@ -167,10 +167,9 @@ async def test_dashboard_read_api_on_cluster_equals_single_node(
 @contextlib.asynccontextmanager
 async def gateway_on(broker: Broker, topic_prefix: str, redis_url: str, cluster: bool) -> AsyncIterator[
         tuple[str, aiohttp.ClientSession, Any]]:
-    publisher = PublisherSettings(broker_url=broker.url, topic_prefix=topic_prefix, redis_url=redis_url,
-                                  timeout_ms=3000)
     settings = GatewaySettings(host="127.0.0.1", port=free_port(), redis_url=redis_url, redis_cluster=cluster,
-                               publisher=publisher, tokens=(TOKEN,), rate_limit=0.0, decision_timeout_ms=300,
+                               broker_url=broker.url, topic_prefix=topic_prefix, timeout_ms=3000,
+                               tokens=(TOKEN,), rate_limit=0.0, decision_timeout_ms=300,
                                auto_create_topics=False, partitions=4, soldout_cache_ms=60_000)
     app = create_gateway(settings, CollectorRegistry())
     runner = make_runner(app)

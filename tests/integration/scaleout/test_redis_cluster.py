@@ -16,8 +16,8 @@ from schemas.events import Event
 from streams.metrics import WorkerMetrics
 from streams.stock.logic import to_op
 from streams.stock.store import StockStore, _sale_keys
-from tests.conftest import Broker
-from tests.integration.scaleout.conftest import RedisClusterHandle
+from tests.harness.broker import Broker
+from tests.harness.redis_cluster import RedisClusterHandle
 from tests.integration.scaleout.helpers import (
     burst_with_workers,
     check_ownership,

@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 
 from schemas import keys as rk
 from schemas.topics import TopicNames
-from tests.conftest import Broker
+from tests.harness.broker import Broker
+from tests.harness.kafka import read_topic
 from tests.integration.scaleout.helpers import (
     burst_with_workers,
     check_ownership,
@@ -22,7 +23,6 @@ from tests.integration.scaleout.helpers import (
     skus_one_per_partition,
     text,
 )
-from tests.kafka_util import read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,11 @@ import redis.asyncio as aioredis
 from flashsale.audit import audit
 from schemas import keys as rk
 from schemas.topics import TopicNames
-from tests.conftest import Broker, RedisServer, WorkerHandle, start_worker
+from tests.harness.broker import Broker
+from tests.harness.kafka import produce_events, produce_raw, read_topic
+from tests.harness.redis_server import RedisServer
+from tests.harness.workers import WorkerHandle, start_worker
 from tests.integration.stock.helpers import burst, order, sale_opened
-from tests.kafka_util import produce_events, produce_raw, read_topic
 
 pytestmark = pytest.mark.integration
 

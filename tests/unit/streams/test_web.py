@@ -1,76 +1,33 @@
-"""streams.web: the worker's /metrics, /healthz, /readyz pages and lag bookkeeping, on a Faust app not started."""
+"""streams.web: the worker's /metrics, /healthz, /readyz pages and lag bookkeeping, on a Faust app not started
+(with a real Redis: tests/integration/test_web.py)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from flashsale.embedded import free_port
-from schemas.topics import TopicNames
 from streams import web
 from streams.metrics import WorkerMetrics
-from streams.pipeline import FlashsaleApp, Pipeline, RedisClients
-from streams.settings import WorkerSettings, get_settings
-
-
-@dataclass
-class Worker:
-    pipeline: Pipeline
-    health: web.Health
-    client: TestClient
-
-
-def _pipeline(settings: WorkerSettings) -> Pipeline:
-    # Only the web module is registered: the page code must not need the agents.
-    app = FlashsaleApp(settings.app_id, **settings.faust_options())
-    return Pipeline(settings=settings, app=app, names=TopicNames(settings.topic_prefix),
-                    metrics=WorkerMetrics(CollectorRegistry()), redis=RedisClients(settings), orders=None,
-                    engagement=None, decisions=None, alerts=None, dead_letter=None)
-
-
-async def _worker(redis_url: str) -> AsyncIterator[Worker]:
-    settings = get_settings({"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_TOPIC_PREFIX": "unit.",
-                             "FLASHSALE_APP_ID": "unit-web"})
-    pipeline = _pipeline(settings)
-    health = web.install(pipeline)
-    client = TestClient(TestServer(pipeline.app.web.web_app))
-    await client.start_server()
-    try:
-        yield Worker(pipeline, health, client)
-    finally:
-        await client.close()
-        await pipeline.redis.stop()
+from tests.harness.worker_web import WebWorker, sample, web_worker
 
 
 @pytest.fixture
-async def worker_without_redis() -> AsyncIterator[Worker]:
-    async for w in _worker(f"redis://127.0.0.1:{free_port()}/0"):  # nothing listens there
+async def worker_without_redis() -> AsyncIterator[WebWorker]:
+    async for w in web_worker(f"redis://127.0.0.1:{free_port()}/0"):  # nothing listens there
         yield w
 
 
-@pytest.fixture
-async def worker(redis_server: Any) -> AsyncIterator[Worker]:
-    async for w in _worker(redis_server.url):
-        yield w
-
-
-def sample(pipeline: Pipeline, name: str, labels: dict[str, str] | None = None) -> float | None:
-    return pipeline.metrics.registry.get_sample_value(name, labels or {})
-
-
-async def test_healthz_answers_while_the_process_runs(worker_without_redis: Worker) -> None:
+async def test_healthz_answers_while_the_process_runs(worker_without_redis: WebWorker) -> None:
     resp = await worker_without_redis.client.get("/healthz")
     assert resp.status == 200
     assert (await resp.json())["status"] == "ok"
 
 
-async def test_metrics_page_serves_the_worker_registry(worker_without_redis: Worker) -> None:
+async def test_metrics_page_serves_the_worker_registry(worker_without_redis: WebWorker) -> None:
     w = worker_without_redis
     w.pipeline.metrics.events_consumed.labels(topic="unit.orders", type="order.placed").inc(3)
     resp = await w.client.get("/metrics")
@@ -81,7 +38,7 @@ async def test_metrics_page_serves_the_worker_registry(worker_without_redis: Wor
     assert "flashsale_worker_ready 0.0" in text
 
 
-async def test_metrics_page_speaks_openmetrics_when_asked(worker_without_redis: Worker) -> None:
+async def test_metrics_page_speaks_openmetrics_when_asked(worker_without_redis: WebWorker) -> None:
     resp = await worker_without_redis.client.get(
         "/metrics", headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"})
     assert resp.status == 200
@@ -89,7 +46,7 @@ async def test_metrics_page_speaks_openmetrics_when_asked(worker_without_redis: 
     assert (await resp.text()).rstrip().endswith("# EOF")
 
 
-async def test_readyz_is_503_with_reasons_before_join_and_without_redis(worker_without_redis: Worker) -> None:
+async def test_readyz_is_503_with_reasons_before_join_and_without_redis(worker_without_redis: WebWorker) -> None:
     w = worker_without_redis
     resp = await w.client.get("/readyz")
     assert resp.status == 503
@@ -101,7 +58,7 @@ async def test_readyz_is_503_with_reasons_before_join_and_without_redis(worker_w
     assert sample(w.pipeline, "flashsale_redis_errors_total", {"op": "ping"}) == 1.0
 
 
-async def test_readyz_stays_503_without_redis_after_join(worker_without_redis: Worker) -> None:
+async def test_readyz_stays_503_without_redis_after_join(worker_without_redis: WebWorker) -> None:
     w = worker_without_redis
     await w.pipeline.app.on_partitions_assigned.send({TP("unit.orders", 0)})
     resp = await w.client.get("/readyz")
@@ -112,32 +69,7 @@ async def test_readyz_stays_503_without_redis_after_join(worker_without_redis: W
     assert body["reason"].startswith("redis")
 
 
-@pytest.mark.integration
-async def test_readyz_turns_200_once_the_group_is_joined(worker: Worker) -> None:
-    resp = await worker.client.get("/readyz")
-    assert resp.status == 503
-    assert (await resp.json())["redis"] == "ok"
-
-    tps = {TP("unit.orders", 0), TP("unit.orders", 3), TP("unit-web-__assignor-__leader", 0)}
-    await worker.pipeline.app.on_partitions_assigned.send(tps)
-    resp = await worker.client.get("/readyz")
-    assert resp.status == 200
-    body = await resp.json()
-    assert body == {"ready": True, "group_joined": True, "partitions": 2, "rebalancing": False, "redis": "ok"}
-    assert sample(worker.pipeline, "flashsale_worker_ready") == 1.0
-    assert sample(worker.pipeline, "flashsale_redis_call_seconds_count", {"op": "ping"}) == 2.0
-
-
-@pytest.mark.integration
-async def test_an_empty_assignment_is_still_ready(worker: Worker) -> None:
-    # More workers than partitions: the extra ones are joined standbys and must not block a rollout.
-    await worker.pipeline.app.on_partitions_assigned.send(set())
-    resp = await worker.client.get("/readyz")
-    assert resp.status == 200
-    assert (await resp.json())["partitions"] == 0
-
-
-async def test_revocation_drops_lag_series_of_revoked_partitions(worker_without_redis: Worker) -> None:
+async def test_revocation_drops_lag_series_of_revoked_partitions(worker_without_redis: WebWorker) -> None:
     w = worker_without_redis
     lag = w.pipeline.metrics.consumer_lag
     a, b = TP("unit.orders", 0), TP("unit.orders", 1)

@@ -29,7 +29,7 @@ from streams.emit import Record
 from streams.metrics import WorkerMetrics
 from streams.stock.service import StockService
 from streams.stock.store import StockStore
-from tests.conftest import RedisServer
+from tests.harness.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
