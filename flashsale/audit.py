@@ -29,7 +29,8 @@ from schemas.topics import TopicNames
 class SaleLog:
     """What the Kafka log says about one sale."""
 
-    events_by_order: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # order id → its attempts: (event id, user); another user's reuse of an order id is an attempt too
+    events_by_order: dict[str, set[tuple[str, str]]] = field(default_factory=lambda: defaultdict(set))
     first_event: dict[str, str] = field(default_factory=dict)
     opened: bool = False
     accepted: dict[str, int] = field(default_factory=dict)  # order_id → qty
@@ -111,7 +112,7 @@ def fold(inputs: Iterable[Event], outputs: Iterable[Event], skipped: set[str] | 
         s = sales[sale_id]
         if e.type == "order.placed":
             order_id = e.data.order_id  # type: ignore[attr-defined]
-            s.events_by_order[order_id].add(e.event_id)
+            s.events_by_order[order_id].add((e.event_id, e.user_id))
             s.first_event.setdefault(order_id, e.event_id)
         elif e.type == "sale.opened":
             s.opened = True
@@ -124,7 +125,7 @@ def fold(inputs: Iterable[Event], outputs: Iterable[Event], skipped: set[str] | 
         s = sales[sale_id]
         if e.type == "order.accepted":
             s.accepted[e.data.order_id] = e.data.qty  # type: ignore[attr-defined]
-        elif e.type == "order.rejected" and e.data.reason != "duplicate":  # type: ignore[attr-defined]
+        elif e.type == "order.rejected" and e.data.reason not in ("duplicate", "order_id_taken"):  # type: ignore[attr-defined]
             s.rejected.add(e.data.order_id)  # type: ignore[attr-defined]
         elif e.type == "order.expired":
             s.expired.add(e.data.order_id)  # type: ignore[attr-defined]

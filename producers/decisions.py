@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -31,6 +31,7 @@ class Decision:
     qty: int
     reserved_until: int | None
     event: dict[str, Any] | None = None  # the decision event, when it came from the topic
+    user_id: str | None = field(default=None, compare=False)  # whose attempt it answers (None: unknown)
 
     @property
     def accepted(self) -> bool:
@@ -46,31 +47,41 @@ def decision_from_event(event: Event) -> Decision | None:
     data = event.data
     if isinstance(data, OrderAccepted):
         return Decision(data.order_id, data.sale_id, "accepted", None, "reserved", data.qty, data.reserved_until,
-                        event.to_dict())
+                        event.to_dict(), event.user_id)
     if isinstance(data, OrderRejected):
         return Decision(data.order_id, data.sale_id, "rejected", data.reason, "rejected", data.qty, None,
-                        event.to_dict())
+                        event.to_dict(), event.user_id)
     return None
 
 
-def decision_from_record(sale_id: str, order_id: str, raw: bytes | str) -> Decision | None:
-    """The decision an order record of the stock script holds (``schemas.order_record``); None if unreadable."""
+def decision_from_record(sale_id: str, order_id: str, raw: bytes | str, user_id: str | None = None
+                         ) -> Decision | None:
+    """The decision an order record of the stock script holds (``schemas.order_record``); None if unreadable.
+
+    With ``user_id``: the answer that user's attempt gets. An order id belongs to the user who first
+    placed it, so another user's attempt is rejected ``order_id_taken`` (what the worker answers it),
+    never given the owner's decision."""
     try:
         rec = parse_order_record(raw)
     except OrderRecordError as exc:
         logger.warning("unreadable order record for sale %s order %s: %s", sale_id, order_id, exc)
         return None
+    if user_id is not None and rec.user_id != user_id:
+        return Decision(order_id, sale_id, "rejected", "order_id_taken", "rejected", 0, None, None, user_id)
     if not rec.accepted:
-        return Decision(order_id, sale_id, "rejected", rec.reason or None, rec.state, rec.qty, None)
-    return Decision(order_id, sale_id, "accepted", None, rec.state, rec.qty, rec.reserved_until or None)
+        return Decision(order_id, sale_id, "rejected", rec.reason or None, rec.state, rec.qty, None, None,
+                        rec.user_id)
+    return Decision(order_id, sale_id, "accepted", None, rec.state, rec.qty, rec.reserved_until or None, None,
+                    rec.user_id)
 
 
-async def read_decision(redis: Any, sale_id: str, order_id: str) -> Decision | None:
-    """The order's current decision from the sale's orders hash; None while it is pending or unknown."""
+async def read_decision(redis: Any, sale_id: str, order_id: str, user_id: str | None = None) -> Decision | None:
+    """The order's current decision from the sale's orders hash; None while it is pending or unknown.
+    With ``user_id``, the answer to that user's attempt (see :func:`decision_from_record`)."""
     raw = await redis.hget(keys.sale_orders(sale_id), order_id)
     if raw is None:
         return None
-    return decision_from_record(sale_id, order_id, raw)
+    return decision_from_record(sale_id, order_id, raw, user_id)
 
 
 class DecisionWaiter:
@@ -92,8 +103,9 @@ class DecisionWaiter:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         # keyed by (sale_id, order_id): order ids are unique within a sale, not across sales
-        self._waiters: dict[tuple[str, str], list[asyncio.Future[Decision]]] = {}
-        self._recent: OrderedDict[tuple[str, str], Decision] = OrderedDict()
+        # keyed by (sale, order, user): a decision answers the attempt of the user it names
+        self._waiters: dict[tuple[str, str, str | None], list[asyncio.Future[Decision]]] = {}
+        self._recent: OrderedDict[tuple[str, str, str | None], Decision] = OrderedDict()
 
     @property
     def running(self) -> bool:
@@ -188,21 +200,27 @@ class DecisionWaiter:
         waiter gets the order's own decision from the topic or from the Redis order record)."""
         if decision.reason == "duplicate":
             return
-        key = (decision.sale_id, decision.order_id)
-        if key not in self._recent:
-            self._recent[key] = decision
-            while len(self._recent) > self._remember:
-                self._recent.popitem(last=False)
-        for fut in self._waiters.pop(key, ()):
-            if not fut.done():
-                fut.set_result(self._recent[key])
+        keys_: list[tuple[str, str, str | None]] = [(decision.sale_id, decision.order_id, decision.user_id)]
+        if decision.reason != "order_id_taken":  # the owner's decision also answers a wait that names no user
+            keys_.append((decision.sale_id, decision.order_id, None))
+        for key in keys_:
+            if key not in self._recent:
+                self._recent[key] = decision
+                while len(self._recent) > self._remember:
+                    self._recent.popitem(last=False)
+            for fut in self._waiters.pop(key, ()):
+                if not fut.done():
+                    fut.set_result(self._recent[key])
 
-    def recent(self, sale_id: str, order_id: str) -> Decision | None:
-        return self._recent.get((sale_id, order_id))
+    def recent(self, sale_id: str, order_id: str, user_id: str | None = None) -> Decision | None:
+        return self._recent.get((sale_id, order_id, user_id))
 
-    async def wait(self, sale_id: str, order_id: str, timeout: float) -> Decision | None:  # noqa: ASYNC109
-        """The order's decision, or None when none arrives within ``timeout`` seconds."""
-        key = (sale_id, order_id)
+    async def wait(self, sale_id: str, order_id: str, timeout: float,  # noqa: ASYNC109
+                   user_id: str | None = None) -> Decision | None:
+        """The decision answering ``user_id``'s attempt to place the order, or None when none arrives
+        within ``timeout`` seconds. Decisions for another user's attempt with the same order id never
+        resolve this wait."""
+        key = (sale_id, order_id, user_id)
         seen = self._recent.get(key)
         if seen is not None:
             return seen
@@ -213,7 +231,7 @@ class DecisionWaiter:
         try:
             while True:
                 if self._redis is not None:
-                    found = await read_decision(self._redis, sale_id, order_id)
+                    found = await read_decision(self._redis, sale_id, order_id, user_id)
                     if found is not None:
                         return found
                 remaining = deadline - loop.time()

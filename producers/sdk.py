@@ -308,7 +308,7 @@ class Publisher:
                            room_id=room_id, user_id=user_id, channel=channel, referrer_id=referrer_id)
         waiter = await self.decision_waiter()
         await self.publish(event)
-        decision = await waiter.wait(sale_id, order_id, timeout)
+        decision = await waiter.wait(sale_id, order_id, timeout, user_id=user_id)
         if decision is None:
             raise DecisionTimeout(sale_id, order_id, timeout)
         return decision

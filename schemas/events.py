@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 CHANNELS: Final = ("live_room", "community_group", "mini_program", "share_link", "other")
-REJECT_REASONS: Final = ("sold_out", "limit_exceeded", "sale_not_active", "duplicate", "invalid")
+REJECT_REASONS: Final = ("sold_out", "limit_exceeded", "sale_not_active", "duplicate", "invalid", "order_id_taken")
 EXPIRY_CAUSES: Final = ("ttl", "cancelled")
 MAX_ID_LEN: Final = 128
 MAX_TEXT_LEN: Final = 2000
@@ -23,7 +23,8 @@ EPOCH_MS_MIN: Final = 946_684_800_000
 EPOCH_MS_MAX: Final = 4_102_444_800_000
 
 Channel: TypeAlias = Literal["live_room", "community_group", "mini_program", "share_link", "other"]
-RejectReason: TypeAlias = Literal["sold_out", "limit_exceeded", "sale_not_active", "duplicate", "invalid"]
+RejectReason: TypeAlias = Literal["sold_out", "limit_exceeded", "sale_not_active", "duplicate", "invalid",
+                                  "order_id_taken"]
 Id: TypeAlias = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
 MaybeEmptyId: TypeAlias = Annotated[str, Meta(max_length=MAX_ID_LEN)]
 EventId: TypeAlias = Annotated[str, Meta(min_length=1, max_length=2 * MAX_ID_LEN + 16)]

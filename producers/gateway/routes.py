@@ -133,9 +133,9 @@ def _order_event(sale_id: str, body: Any) -> tuple[str, dict[str, Any], list[Ite
     return order_id, event, unknown
 
 
-async def _known_decision(state: GatewayState, sale_id: str, order_id: str) -> Decision | None:
+async def _known_decision(state: GatewayState, sale_id: str, order_id: str, user_id: str) -> Decision | None:
     try:
-        return await read_decision(state.redis, sale_id, order_id)
+        return await read_decision(state.redis, sale_id, order_id, user_id)
     except (RedisError, OSError) as exc:  # the worker stays the authority: answer sold out as before
         logger.warning("reading order %s: Redis failed: %s", order_id, exc)
         return None
@@ -161,7 +161,7 @@ async def post_order(request: web.Request) -> web.Response:
     assert state.soldout is not None
     if await state.soldout.is_sold_out(sale_id):
         # A retry of an order that was already decided gets its own decision, not the sale's flag.
-        decided = await _known_decision(state, sale_id, order_id)
+        decided = await _known_decision(state, sale_id, order_id, obj["user_id"])
         if decided is not None:
             state.metrics.decisions.labels(decided.outcome).inc()
             return json_response(decided.to_dict(), status=200)
@@ -183,7 +183,7 @@ async def post_order(request: web.Request) -> web.Response:
     state.metrics.records.inc()
     timeout = state.settings.decision_timeout_ms / 1000
     try:
-        decision = await state.waiter.wait(sale_id, order_id, timeout)
+        decision = await state.waiter.wait(sale_id, order_id, timeout, user_id=obj.get("user_id"))
     except (RedisError, OSError) as exc:
         logger.warning("waiting for order %s: Redis failed: %s", order_id, exc)
         decision = None

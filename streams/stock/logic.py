@@ -23,11 +23,16 @@ from schemas.events import (
 SYSTEM_USER = "system"
 
 
+# Rejections that answer a repeated attempt (same user, new event id) or another user's reuse of an
+# order id; the order's own decision stands.
+ATTEMPT_REASONS = {"duplicate": "dup", "order_id_taken": "taken"}
+
+
 def decision_id(sale_id: str, order_id: str) -> str:
     """The decision's event id: the same order id in two sales makes two ids (ids cannot contain ':')."""
     return f"dec:{sale_id}:{order_id}"
 # Results of order.paid / order.cancelled / control ops that mean the input was bad: dead-lettered.
-BAD_STATUSES = frozenset({"unknown_order", "not_accepted", "unknown_sale", "bad_op"})
+BAD_STATUSES = frozenset({"unknown_order", "not_accepted", "unknown_sale", "bad_op", "not_owner"})
 
 
 def sale_of(event: Event) -> str | None:
@@ -41,9 +46,11 @@ def to_op(event: Event) -> dict[str, Any] | None:
         return {"op": "place", "order_id": d.order_id, "event_id": event.event_id, "user_id": event.user_id,
                 "qty": d.qty, "unit_price": d.unit_price, "sku": d.sku, "ts": event.ts}
     if isinstance(d, OrderPaid):
-        return {"op": "paid", "order_id": d.order_id, "event_id": event.event_id, "ts": event.ts}
+        return {"op": "paid", "order_id": d.order_id, "event_id": event.event_id, "user_id": event.user_id,
+                "ts": event.ts}
     if isinstance(d, OrderCancelled):
-        return {"op": "cancel", "order_id": d.order_id, "event_id": event.event_id, "ts": event.ts}
+        return {"op": "cancel", "order_id": d.order_id, "event_id": event.event_id, "user_id": event.user_id,
+                "ts": event.ts}
     if isinstance(d, SaleOpened):
         return {"op": "open", "event_id": event.event_id, "sale_id": d.sale_id, "sku": d.sku,
                 "room_id": event.room_id, "price": d.price, "allotment": d.allotment,
@@ -67,7 +74,10 @@ def decision_event(order: Event, result: dict[str, Any]) -> Event:
                                 unit_price=int(result["p"]), reserved_until=int(result["d"]))
     else:
         reason = str(result["r"])
-        event_id = f"dup:{d.sale_id}:{order.event_id}" if reason == "duplicate" else decision_id(d.sale_id, d.order_id)
+        if reason in ATTEMPT_REASONS:  # answers one attempt, not the order: an id of its own
+            event_id = f"{ATTEMPT_REASONS[reason]}:{d.sale_id}:{order.event_id}"
+        else:
+            event_id = decision_id(d.sale_id, d.order_id)
         payload = OrderRejected(order_id=d.order_id, sale_id=d.sale_id, sku=d.sku, qty=d.qty, reason=reason,  # type: ignore[arg-type]  # the script answers one of REJECT_REASONS
                                 detail=str(result.get("detail") or ""))
     return new_event(payload, event_id=event_id, ts=order.ts, room_id=order.room_id, user_id=order.user_id,

@@ -25,7 +25,6 @@ from producers.gateway.routes import STATE
 from producers.gateway.settings import GatewaySettings
 from producers.gateway.state import GatewayState
 from producers.sdk import Publisher
-from producers.settings import PublisherSettings
 from schemas import keys
 from schemas.codec import decode_record
 from schemas.events import OrderAccepted, make_event
@@ -74,13 +73,12 @@ def gateway(broker: Broker, redis_server: RedisServer, topics: dict[str, str], t
     @contextlib.asynccontextmanager
     async def start(*, broker_url: str | None = None, wait_ready: bool = True, **overrides: Any) -> AsyncIterator[
             Gateway]:
-        publisher = PublisherSettings(broker_url=broker_url or broker.url, topic_prefix=topic_prefix,
-                                      redis_url=redis_server.url, timeout_ms=3000)
         options: dict[str, Any] = {"tokens": (TOKEN,), "rate_limit": 0.0, "decision_timeout_ms": 300,
                                    "auto_create_topics": False, "partitions": 4}
         options.update(overrides)
         settings = GatewaySettings(host="127.0.0.1", port=free_port(), redis_url=redis_server.url,
-                                   publisher=publisher, **options)
+                                   broker_url=broker_url or broker.url, topic_prefix=topic_prefix, timeout_ms=3000,
+                                   **options)
         registry = CollectorRegistry()
         app = create_app(settings, registry)
         runner = make_runner(app)
@@ -269,7 +267,7 @@ async def test_sold_out_answers_409_without_kafka(gateway: GatewayFactory, broke
                                                   redis_client: aioredis.Redis) -> None:
     await redis_client.hset(keys.sale("sale-1"), mapping={"sale_id": "sale-1", "sku": "sku-1", "available": "0",
                                                                 "soldout": "1", "status": "open"})
-    async with gateway(soldout_cache_ms=60_000) as gw:
+    async with gateway(soldout_cache_ms=10_000) as gw:  # the longest the setting allows
         results = await asyncio.gather(*(gw.post("/v1/sales/sale-1/orders", order_body(order_id=f"o-{i}"))
                                          for i in range(20)))
         for status, body, _ in results:
@@ -288,12 +286,30 @@ async def test_retry_of_a_decided_order_gets_its_decision_even_when_sold_out(
     record = {"s": "reserved", "u": "u-1", "q": 1, "p": 990, "d": TS + 300_000, "e": "x", "r": "", "t": TS,
               "k": "sku-1"}
     await redis_client.hset(keys.sale_orders("sale-1"), "ord-1", orjson.dumps(record))
-    async with gateway(soldout_cache_ms=60_000) as gw:
+    async with gateway(soldout_cache_ms=10_000) as gw:  # the longest the setting allows
         status, body, _ = await gw.post("/v1/sales/sale-1/orders", order_body(order_id="ord-1"))
         assert status == 200 and (body["outcome"], body["state"]) == ("accepted", "reserved")
         status, body, _ = await gw.post("/v1/sales/sale-1/orders", order_body(order_id="ord-2"))
         assert status == 409 and body["reason"] == "sold_out"
     assert await total_records(broker.bootstrap, topics) == 0
+
+
+async def test_reusing_another_users_order_id_is_rejected_not_answered_with_their_decision(
+        gateway: GatewayFactory, broker: Broker, topics: dict[str, str], redis_client: aioredis.Redis) -> None:
+    """Issue 12, item 4, through the gateway: both on the open path and on the sold-out path."""
+    record = {"s": "reserved", "u": "u-1", "q": 1, "p": 990, "d": TS + 300_000, "e": "x", "r": "", "t": TS,
+              "k": "sku-1"}
+    await redis_client.hset(keys.sale_orders("sale-5"), "ord-1", orjson.dumps(record))
+    async with gateway(decision_timeout_ms=2000, soldout_cache_ms=50) as gw:
+        status, body, _ = await gw.post("/v1/sales/sale-5/orders", order_body(order_id="ord-1", user_id="u-2"))
+        assert status == 200 and (body["outcome"], body["reason"]) == ("rejected", "order_id_taken")
+        status, body, _ = await gw.post("/v1/sales/sale-5/orders", order_body(order_id="ord-1", user_id="u-1"))
+        assert status == 200 and body["outcome"] == "accepted"
+        await redis_client.hset(keys.sale("sale-5"), mapping={"sale_id": "sale-5", "sku": "sku-1", "available": "0",
+                                                              "soldout": "1", "status": "open"})
+        await asyncio.sleep(0.2)  # the sold-out cache's TTL in this fixture
+        status, body, _ = await gw.post("/v1/sales/sale-5/orders", order_body(order_id="ord-1", user_id="u-3"))
+        assert status == 200 and body["reason"] == "order_id_taken"
 
 
 async def test_order_pending_then_status_from_redis(gateway: GatewayFactory, broker: Broker, topics: dict[str, str],

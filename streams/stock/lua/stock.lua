@@ -17,7 +17,7 @@ local exists = S.sale_id ~= nil
 local NUM = {'allotted', 'available', 'reserved', 'sold', 'price', 'per_user_limit', 'starts_at', 'ends_at',
              'ttl_ms', 'attempts', 'accepted', 'rej_sold_out', 'rej_limit_exceeded', 'rej_sale_not_active',
              'rej_duplicate', 'rej_invalid', 'expired', 'cancelled', 'paid', 'gmv', 'soldout', 'opened_at',
-             'removal_pending'}
+             'removal_pending', 'rej_order_id_taken'}
 for _, f in ipairs(NUM) do S[f] = tonumber(S[f] or '0') end
 local dirty = false
 
@@ -73,7 +73,18 @@ local function apply(i, o)
     local prev = redis.call('HGET', orders_k, o.order_id)
     if prev then
       local rec = cjson.decode(prev)
-      if rec.e == o.event_id then
+      if rec.u ~= o.user_id then
+        -- An order id belongs to the user who first placed it: another user reusing it gets a
+        -- rejection of its own (once per attempt), never the owner's decision.
+        local seen = redis.call('HSETNX', dups_k, cjson.encode({'taken', o.event_id, o.user_id}), o.order_id)
+        if seen == 1 then
+          S.attempts = S.attempts + 1
+          S.rej_order_id_taken = S.rej_order_id_taken + 1
+          dirty = true
+        end
+        res[i] = {op = 'place', o = o.order_id, out = 'rejected', r = 'order_id_taken', q = o.qty,
+                  p = o.unit_price, s = 'rejected', d = 0, replay = (seen == 0)}
+      elseif rec.e == o.event_id then
         res[i] = decision(o.order_id, rec, true)
       else
         local seen = redis.call('HSETNX', dups_k, o.event_id, o.order_id)
@@ -131,7 +142,9 @@ local function apply(i, o)
       status = 'unknown_order'
     else
       local rec = cjson.decode(prev)
-      if rec.s == 'reserved' then
+      if rec.u ~= o.user_id then
+        status = 'not_owner'  -- only the order's own user can pay or cancel it
+      elseif rec.s == 'reserved' then
         dirty = true
         if op == 'paid' then
           S.reserved = S.reserved - rec.q

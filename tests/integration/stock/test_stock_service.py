@@ -381,3 +381,23 @@ async def test_removing_reserved_units_never_sells_them_again(redis_client: aior
     await svc.handle(records([remove]))  # a replay re-emits the same answer and changes nothing
     assert sink.decisions("stock.changed")[-1] == changed, sink.decisions("stock.changed")
     assert await sale_state(redis_client) == st
+
+
+async def test_an_order_id_belongs_to_its_first_user(svc_parts: Any, redis_client: aioredis.Redis) -> None:
+    """Issue 12, item 4: another user reusing an order id is rejected with its own reason, never told
+    the owner's decision, and cannot cancel or pay the owner's reservation."""
+    svc, sink, _ = svc_parts
+    await svc.handle(records([sale_opened(allotment=5), order("x", "u1", T0 + 1)]))
+    # u2 reuses the order id, even with the very event id the gateway would derive from (sale, order)
+    await svc.handle(records([order("x", "u2", T0 + 2), order("x", "u2", T0 + 3, event_id="e-x-u2")]))
+    taken = [d for d in sink.decisions("order.rejected") if d["data"]["reason"] == "order_id_taken"]
+    assert sorted(d["event_id"] for d in taken) == ["taken:s1:e-x", "taken:s1:e-x-u2"]
+    assert {d["user_id"] for d in taken} == {"u2"}
+    await svc.handle(records([order("x", "u2", T0 + 2)]))  # a replay of u2's attempt: same answer, not recounted
+    assert sink.decisions("order.rejected")[-1] == taken[0]
+    await svc.handle(records([cancelled("x", "u2", T0 + 4), paid("x", "u2", T0 + 5)]))
+    st = await sale_state(redis_client)
+    assert (st["reserved"], st["sold"], st["attempts"], st["rej_order_id_taken"]) == ("1", "0", "3", "2")
+    assert sorted(d["reason"] for d in sink.records["dead-letter"]) == ["not_owner", "not_owner"]
+    await svc.handle(records([paid("x", "u1", T0 + 6)]))  # the owner still can
+    assert (await sale_state(redis_client))["sold"] == "1"
