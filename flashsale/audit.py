@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from kernel.env import ConfigError, Env, bootstrap_servers
+from kernel.settings import ConfigError
 from schemas import keys as rk
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import Event
@@ -237,22 +237,33 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+FLAGS = {"broker_url": "--broker", "redis_url": "--redis", "redis_cluster": "--redis-cluster",
+         "topic_prefix": "--prefix", "max_record_bytes": "--max-record-bytes"}  # settings field → flag
+
+
 def main(argv: list[str] | None = None) -> int:
-    env = Env()
+    from streams.settings import get_settings
+
+    try:
+        s = get_settings()  # the workers' settings: the audit reads what they wrote
+    except ConfigError as exc:
+        print(f"flashsale audit: {exc}", file=sys.stderr)
+        return 2
     p = argparse.ArgumentParser(prog="flashsale audit", description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("--broker", default=env.str("BROKER_URL", "kafka://127.0.0.1:9092"))
-    p.add_argument("--redis", default=env.str("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    p.add_argument("--redis-cluster", action="store_true", default=env.bool("REDIS_CLUSTER", False))
-    p.add_argument("--prefix", default=env.str("TOPIC_PREFIX", "flashsale."))
+    p.add_argument("--broker", default=s.broker_url)
+    p.add_argument("--redis", default=s.redis_url)
+    p.add_argument("--redis-cluster", action="store_true", default=s.redis_cluster)
+    p.add_argument("--prefix", default=s.topic_prefix)
     p.add_argument("--sale", help="audit one sale only")
-    p.add_argument("--max-record-bytes", type=int,
-                   default=env.int("MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES, min=1024),
+    p.add_argument("--max-record-bytes", type=int, default=s.max_record_bytes,
                    help="the workers' FLASHSALE_MAX_RECORD_BYTES: larger records were dead-lettered unread")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
     try:
-        results = asyncio.run(audit(bootstrap_servers(args.broker), args.redis, args.prefix, args.redis_cluster,
-                                    args.sale, args.max_record_bytes))
+        s = s.updated({"broker_url": args.broker, "redis_url": args.redis, "redis_cluster": args.redis_cluster,
+                       "topic_prefix": args.prefix, "max_record_bytes": args.max_record_bytes}, FLAGS)
+        results = asyncio.run(audit(s.bootstrap, s.redis_url, s.topic_prefix, s.redis_cluster, args.sale,
+                                    s.max_record_bytes))
     except ConfigError as exc:
         print(f"flashsale audit: {exc}", file=sys.stderr)
         return 2

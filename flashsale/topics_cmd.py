@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import sys
 
-from kernel.env import ConfigError
 from kernel.kafka_admin import ensure_topics
+from kernel.settings import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,13 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     from streams.settings import get_settings
 
     try:
-        s = get_settings()
+        s = get_settings().updated({"partitions": args.partitions, "replication": args.replication},
+                                   {"partitions": "--partitions", "replication": "--replication"})
     except ConfigError as exc:
         print(f"flashsale topics: {exc}", file=sys.stderr)
         return 2
     try:
-        names = asyncio.run(ensure_topics(s.bootstrap, s.topic_prefix, args.partitions or s.partitions,
-                                          args.replication or s.replication))
+        names = asyncio.run(ensure_topics(s.bootstrap, s.topic_prefix, s.partitions, s.replication))
     except Exception as exc:  # noqa: BLE001 - report any broker failure plainly
         print(f"flashsale topics: cannot create topics on {s.bootstrap}: {exc}", file=sys.stderr)
         return 1

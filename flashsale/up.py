@@ -12,8 +12,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from consumers.dashboard.settings import get_settings as dashboard_settings
 from flashsale.embedded import ManagedProcess, StackError, free_port, python_module, start_redis, start_tansu
 from kernel.kafka_admin import ensure_topics
+from kernel.settings import ConfigError
+from producers.gateway.settings import get_settings as gateway_settings
+from producers.simulation.settings import get_settings as simulator_settings
+from streams.settings import get_settings as worker_settings
 
 
 def _port(preferred: int) -> int:
@@ -71,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         print("flashsale up: --workers must be >= 1", file=sys.stderr)
         return 2
+    try:  # every process's settings, checked before anything starts (broker and Redis URLs are set below)
+        settings = worker_settings(os.environ)
+        gateway_settings(os.environ), dashboard_settings(os.environ), simulator_settings(os.environ)
+    except ConfigError as exc:
+        print(f"flashsale up: {exc}", file=sys.stderr)
+        return 2
     data = Path(args.data_dir).resolve()
     logs = data / "logs"
     procs: list[ManagedProcess] = []
@@ -90,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         # The processes use the embedded broker and Redis, whatever FLASHSALE_BROKER_URL / _REDIS_URL say.
         env = {**os.environ, "FLASHSALE_BROKER_URL": f"kafka://127.0.0.1:{kport}",
                "FLASHSALE_REDIS_URL": f"redis://127.0.0.1:{rport}/0"}
-        asyncio.run(ensure_topics(f"127.0.0.1:{kport}", env.get("FLASHSALE_TOPIC_PREFIX", "flashsale."),
-                                  int(env.get("FLASHSALE_PARTITIONS", "8"))))
+        asyncio.run(ensure_topics(f"127.0.0.1:{kport}", settings.topic_prefix, settings.partitions))
         started = time.monotonic()
         worker_ports = []
         for i in range(args.workers):

@@ -1,59 +1,58 @@
-"""Publisher (SDK) settings: one frozen object read from FLASHSALE_* environment variables."""
+"""Publisher (SDK) settings: one frozen, validated model read from FLASHSALE_* environment variables."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from kernel.env import ConfigError, Env, bootstrap_servers
+from pydantic import Field, field_validator
 
-COMPRESSIONS = ("none", "gzip", "lz4", "zstd", "snappy")
-ACKS = ("all", "-1", "0", "1")
+from kernel.settings import Flag, FlashsaleSettings
+
+Compression = Literal["gzip", "lz4", "zstd", "snappy"]
 
 
-@dataclass(frozen=True)
-class PublisherSettings:
-    broker_url: str = "kafka://127.0.0.1:9092"
-    topic_prefix: str = "flashsale."
-    acks: str = "all"
-    linger_ms: int = 5
-    compression: str | None = None
-    idempotence: bool = False  # Tansu cannot (InitProducerId fails); enable on real Kafka
-    batch_events: int = 500
-    batch_bytes: int = 900_000
-    timeout_ms: int = 10_000
-    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # may hold a password
-    redis_cluster: bool = False
+class PublisherSettings(FlashsaleSettings):
+    acks: Literal["all", "0", "1"] = Field("all", validation_alias="FLASHSALE_PRODUCER_ACKS",
+                                           description="`all`, `1` or `0`")
+    linger_ms: int = Field(5, ge=0, le=60_000, validation_alias="FLASHSALE_PRODUCER_LINGER_MS",
+                           description="producer linger")
+    compression: Compression | None = Field(None, validation_alias="FLASHSALE_PRODUCER_COMPRESSION",
+                                            description="`none`, `gzip`, `lz4`, `zstd`, `snappy`")
+    # Tansu cannot (InitProducerId fails); enable on real Kafka
+    idempotence: Flag = Field(False, validation_alias="FLASHSALE_PRODUCER_IDEMPOTENCE",
+                              description="idempotent producer (real Kafka yes; Tansu cannot)")
+    batch_events: int = Field(500, ge=1, le=10_000, validation_alias="FLASHSALE_PRODUCER_BATCH_EVENTS",
+                              description="most events per batched record; 1 = no batching")
+    batch_bytes: int = Field(900_000, ge=1024, le=100_000_000, validation_alias="FLASHSALE_PRODUCER_BATCH_BYTES",
+                             description="most bytes per batched record")
+    timeout_ms: int = Field(10_000, ge=100, le=600_000, validation_alias="FLASHSALE_PRODUCER_TIMEOUT_MS",
+                            description="connect and request timeout")
+
+    @field_validator("acks", mode="before")
+    @classmethod
+    def _acks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return "all" if value == "-1" else value
+        return value
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _compression(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return None if value == "none" else value
+        return value
 
     @property
-    def bootstrap(self) -> str:
-        return bootstrap_servers(self.broker_url)
-
-
-def parse_compression(value: str) -> str | None:
-    low = value.strip().lower()
-    if low not in COMPRESSIONS:
-        raise ConfigError(f"FLASHSALE_PRODUCER_COMPRESSION={value!r}: expected one of {', '.join(COMPRESSIONS)}")
-    return None if low == "none" else low
+    def publisher(self) -> PublisherSettings:
+        """Just the publisher's part (the gateway's and the simulator's settings extend it)."""
+        if type(self) is PublisherSettings:
+            return self
+        return PublisherSettings(**self.model_dump(include=set(PublisherSettings.model_fields)))
 
 
 def get_settings(environ: Mapping[str, str] | None = None) -> PublisherSettings:
-    env = Env(environ)
-    acks = env.str("PRODUCER_ACKS", PublisherSettings.acks).strip().lower()
-    if acks not in ACKS:
-        raise ConfigError(f"FLASHSALE_PRODUCER_ACKS={acks!r}: expected one of {', '.join(ACKS)}")
-    settings = PublisherSettings(
-        broker_url=env.str("BROKER_URL", PublisherSettings.broker_url),
-        topic_prefix=env.str("TOPIC_PREFIX", PublisherSettings.topic_prefix),
-        acks="all" if acks == "-1" else acks,
-        linger_ms=env.int("PRODUCER_LINGER_MS", PublisherSettings.linger_ms, min=0, max=60_000),
-        compression=parse_compression(env.str("PRODUCER_COMPRESSION", "none")),
-        idempotence=env.bool("PRODUCER_IDEMPOTENCE", PublisherSettings.idempotence),
-        batch_events=env.int("PRODUCER_BATCH_EVENTS", PublisherSettings.batch_events, min=1, max=10_000),
-        batch_bytes=env.int("PRODUCER_BATCH_BYTES", PublisherSettings.batch_bytes, min=1024, max=100_000_000),
-        timeout_ms=env.int("PRODUCER_TIMEOUT_MS", PublisherSettings.timeout_ms, min=100, max=600_000),
-        redis_url=env.str("REDIS_URL", PublisherSettings.redis_url),
-        redis_cluster=env.bool("REDIS_CLUSTER", PublisherSettings.redis_cluster),
-    )
-    settings.bootstrap  # noqa: B018 - fail here, not at first use, on a URL without a host
-    return settings
+    """The SDK's settings from ``environ`` (``os.environ`` by default); raises ConfigError."""
+    return PublisherSettings.from_env(environ)

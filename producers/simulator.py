@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import sys
@@ -14,8 +13,8 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from kernel.env import ConfigError
 from kernel.log import configure_logging
+from kernel.settings import ConfigError
 from producers.simulation.expected import expected
 from producers.simulation.model import SimulationParams
 from producers.simulation.plan import MAX_RUN_ID_LEN, build_plan
@@ -66,20 +65,20 @@ def parse(argv: list[str] | None, settings: SimulatorSettings) -> argparse.Names
                    help=f"simulated seconds per wall second (default {settings.speed:g}, FLASHSALE_SIM_SPEED)")
     r.add_argument("--as-fast-as-possible", "--afap", action="store_true", dest="afap",
                    help="ignore the clock and publish as fast as the broker acknowledges")
-    r.add_argument("--broker", default=settings.publisher.broker_url,
+    r.add_argument("--broker", default=settings.broker_url,
                    help="Kafka bootstrap, e.g. kafka://127.0.0.1:9092 (default FLASHSALE_BROKER_URL)")
-    r.add_argument("--prefix", default=settings.publisher.topic_prefix,
-                   help=f"topic prefix (default {settings.publisher.topic_prefix!r}, FLASHSALE_TOPIC_PREFIX)")
-    r.add_argument("--redis", default=settings.publisher.redis_url,
+    r.add_argument("--prefix", default=settings.topic_prefix,
+                   help=f"topic prefix (default {settings.topic_prefix!r}, FLASHSALE_TOPIC_PREFIX)")
+    r.add_argument("--redis", default=settings.redis_url,
                    help="Redis URL to look up decisions that were missed on the topic (default FLASHSALE_REDIS_URL)")
-    r.add_argument("--redis-cluster", action="store_true", default=settings.publisher.redis_cluster,
+    r.add_argument("--redis-cluster", action="store_true", default=settings.redis_cluster,
                    help="talk Redis Cluster protocol to --redis (default FLASHSALE_REDIS_CLUSTER)")
     r.add_argument("--no-feedback", action="store_true", default=not settings.feedback,
                    help="do not read decisions: pay for the orders a reference stock model accepts")
     r.add_argument("--feedback-grace", type=float, default=settings.feedback_grace_s,
                    help="seconds without any decision before falling back to optimistic payments "
                         f"(default {settings.feedback_grace_s:g})")
-    r.add_argument("--no-create-topics", action="store_true", default=not settings.create_topics,
+    r.add_argument("--no-create-topics", action="store_true", default=not settings.auto_create_topics,
                    help="do not create missing topics")
     r.add_argument("--chunk", type=int, default=5000, help="max events per publish call (default 5000)")
     r.add_argument("--loop", action="store_true", help="repeat the stream with new ids until interrupted")
@@ -92,6 +91,20 @@ def parse(argv: list[str] | None, settings: SimulatorSettings) -> argparse.Names
     o.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     o.add_argument("--log-level", default="warning", help="logging level (default warning)")
     return p.parse_args(argv)
+
+
+# settings field → the flag that sets it (the flags default to the settings, so every field is passed)
+FLAGS = {"speed": "--speed", "broker_url": "--broker", "topic_prefix": "--prefix", "redis_url": "--redis",
+         "redis_cluster": "--redis-cluster", "feedback": "--no-feedback", "feedback_grace_s": "--feedback-grace",
+         "auto_create_topics": "--no-create-topics"}
+
+
+def settings_from(args: argparse.Namespace, settings: SimulatorSettings) -> SimulatorSettings:
+    """The settings with the command line applied, validated like the environment; raises ConfigError."""
+    return settings.updated({"speed": args.speed, "broker_url": args.broker, "topic_prefix": args.prefix,
+                             "redis_url": args.redis, "redis_cluster": args.redis_cluster,
+                             "feedback": not args.no_feedback, "feedback_grace_s": args.feedback_grace,
+                             "auto_create_topics": not args.no_create_topics}, FLAGS)
 
 
 def params_from(args: argparse.Namespace, iteration: int = 0) -> SimulationParams:
@@ -145,39 +158,37 @@ async def simulate(args: argparse.Namespace, settings: SimulatorSettings) -> int
     from producers.sdk import Publisher
     from schemas.topics import TopicNames
 
-    pub_settings = dataclasses.replace(settings.publisher, broker_url=args.broker, topic_prefix=args.prefix,
-                                       redis_url=args.redis, redis_cluster=args.redis_cluster)
-    bootstrap = pub_settings.bootstrap
-    if not args.no_create_topics:
-        await asyncio.wait_for(ensure_topics(bootstrap, args.prefix, settings.partitions), 30)
+    bootstrap = settings.bootstrap
+    if settings.auto_create_topics:
+        await asyncio.wait_for(ensure_topics(bootstrap, settings.topic_prefix, settings.partitions), 30)
     base = args.run_id or default_run_id()
     looping = args.loop or args.loops > 0
     iteration = 0
-    async with Publisher.from_settings(pub_settings) as publisher:
+    async with Publisher.from_settings(settings.publisher) as publisher:
         while True:
             params = params_from(args, iteration)
             run_id = run_id_for(base, iteration, looping)
             waiter: DecisionWaiter | None = None
             redis: Any = None
-            if not args.no_feedback:
+            if settings.feedback:
                 orders = params.attempts_per_sale * params.sales * params.rooms
-                waiter = DecisionWaiter(bootstrap, TopicNames(args.prefix).decisions,
+                waiter = DecisionWaiter(bootstrap, TopicNames(settings.topic_prefix).decisions,
                                         remember=max(20_000, 2 * orders))
                 try:
                     await waiter.start()  # before the first order: decisions are followed from the end
                 except ConnectionError as exc:
                     logger.warning("cannot follow decisions (%s); paying optimistically", exc)
                     waiter = None
-                if waiter is not None and args.redis:
+                if waiter is not None and settings.redis_url:
                     from kernel.redis import connect
 
-                    redis = connect(args.redis, args.redis_cluster)
+                    redis = connect(settings.redis_url, settings.redis_cluster)
             plan = build_plan(params, run_id=run_id, t0_ms=int(time.time() * 1000),
                               include_payments=waiter is None)
             started = time.monotonic()
             try:
-                runner = Runner(plan, publisher, speed=None if args.afap else args.speed, decisions=waiter,
-                                redis=redis, chunk_events=args.chunk, feedback_grace_s=args.feedback_grace,
+                runner = Runner(plan, publisher, speed=None if args.afap else settings.speed, decisions=waiter,
+                                redis=redis, chunk_events=args.chunk, feedback_grace_s=settings.feedback_grace_s,
                                 progress=None if args.quiet else print_progress)
                 stats = await runner.run()
             finally:
@@ -207,12 +218,13 @@ def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = N
     args = parse(argv, settings)
     configure_logging(args.log_level)
     try:
+        settings = settings_from(args, settings)
         params_from(args)
-    except ValueError as exc:
+    except ValueError as exc:  # ConfigError included
         print(f"flashsale simulate: {exc}", file=sys.stderr)
         return 2
-    if args.speed <= 0 or args.chunk < 1 or args.loops < 0 or args.pause < 0:
-        print("flashsale simulate: --speed must be > 0, --chunk >= 1, --loops and --pause >= 0", file=sys.stderr)
+    if args.chunk < 1 or args.loops < 0 or args.pause < 0:
+        print("flashsale simulate: --chunk must be >= 1, --loops and --pause >= 0", file=sys.stderr)
         return 2
     if args.run_id is not None and (not args.run_id or len(args.run_id) > MAX_RUN_ID_LEN - 8
                                     or any(c in args.run_id for c in " :{}")):

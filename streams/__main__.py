@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import sys
 
-from kernel.env import ConfigError
 from kernel.log import configure_logging
+from kernel.settings import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,11 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     from streams.settings import get_settings
 
     try:
-        settings = get_settings()
+        settings = get_settings().updated({"log_level": args.log_level}, {"log_level": "--log-level"})
     except ConfigError as exc:
         print(f"flashsale worker: {exc}", file=sys.stderr)
         return 2
-    level = (args.log_level or settings.log_level).lower()
+    level = settings.log_level.lower()
     configure_logging(level)
 
     if settings.auto_create_topics:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from aiohttp import web
 
 from consumers.dashboard.settings import DashboardSettings, get_settings
-from kernel.env import ConfigError
 from kernel.log import configure_logging
+from kernel.settings import ConfigError
 
 SHUTDOWN_TIMEOUT_S = 5.0
+FLAGS = {"host": "--host", "port": "--port", "redis_url": "--redis-url",  # settings field → the flag that sets it
+         "push_interval_s": "--push-interval"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(/api/*), /metrics, /healthz and /readyz. Settings come from FLASHSALE_* variables "
                     "(FLASHSALE_REDIS_URL, FLASHSALE_DASHBOARD_HOST, FLASHSALE_DASHBOARD_PORT, "
                     "FLASHSALE_DASHBOARD_PUSH_INTERVAL_S, ...); options below override them.")
-    parser.add_argument("--host", help=f"bind address (default {DashboardSettings.host})")
-    parser.add_argument("--port", type=int, help=f"port (default {DashboardSettings.port})")
+    parser.add_argument("--host", help=f"bind address (default {DashboardSettings.model_fields['host'].default})")
+    parser.add_argument("--port", type=int, help=f"port (default {DashboardSettings.model_fields['port'].default})")
     parser.add_argument("--redis-url", help="Redis URL (default FLASHSALE_REDIS_URL)")
     parser.add_argument("--push-interval", type=float, help="seconds between live pushes, 0.05-1.0")
     return parser
@@ -32,17 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = get_settings()
+        settings = get_settings().updated({"host": args.host, "port": args.port, "redis_url": args.redis_url,
+                                           "push_interval_s": args.push_interval}, FLAGS)
     except ConfigError as exc:
         print(f"flashsale dashboard: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("redis_url", args.redis_url),
-                                   ("push_interval_s", args.push_interval)) if v is not None}
-    if "push_interval_s" in overrides and not 0.05 <= overrides["push_interval_s"] <= 1.0:
-        print("flashsale dashboard: --push-interval must be between 0.05 and 1.0 seconds",  # noqa: T201
-              file=sys.stderr)
-        return 2
-    settings = dataclasses.replace(settings, **overrides)
     configure_logging(settings.log_level)
     from consumers.dashboard.server import create_app
 

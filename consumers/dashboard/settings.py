@@ -1,47 +1,37 @@
-"""Dashboard settings: one frozen object read from FLASHSALE_* environment variables."""
+"""Dashboard settings: one frozen, validated model read from FLASHSALE_* environment variables."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Any
 
-from kernel.env import Env
+from pydantic import Field, field_validator
+
+from kernel.settings import FlashsaleSettings
 
 CHANNEL_CHOICES = ("live_room", "community_group", "mini_program", "share_link")
 
 
-@dataclass(frozen=True)
-class DashboardSettings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_cluster: bool = False
-    host: str = "127.0.0.1"
-    port: int = 8090
-    push_interval_s: float = 1.0
-    max_connections: int = 5000
-    rooms_refresh_s: float = 5.0
-    idle_room_grace_s: float = 5.0
-    currency: str = "CNY"
-    log_level: str = "info"
+class DashboardSettings(FlashsaleSettings):
+    host: str = Field("127.0.0.1", validation_alias="FLASHSALE_DASHBOARD_HOST", description="bind address")
+    port: int = Field(8090, ge=0, le=65535, validation_alias="FLASHSALE_DASHBOARD_PORT", description="bind address")
+    push_interval_s: float = Field(1.0, ge=0.05, le=1.0, validation_alias="FLASHSALE_DASHBOARD_PUSH_INTERVAL_S",
+                                   description="live push period (≤ 1 s)")
+    max_connections: int = Field(5000, ge=1, le=1_000_000, validation_alias="FLASHSALE_DASHBOARD_MAX_CONNECTIONS",
+                                 description="live connections accepted")
+    rooms_refresh_s: float = Field(5.0, ge=0.5, validation_alias="FLASHSALE_DASHBOARD_ROOMS_REFRESH_S",
+                                   description="room list refresh")
+    idle_room_grace_s: float = Field(5.0, ge=0, validation_alias="FLASHSALE_DASHBOARD_IDLE_ROOM_GRACE_S",
+                                     description="keep computing a room this long after its last viewer leaves")
+    currency: str = Field("CNY", validation_alias="FLASHSALE_DASHBOARD_CURRENCY",
+                          description="currency shown for minor-unit amounts")
 
-    def __repr__(self) -> str:
-        # The Redis URL may carry a password: show only where it points.
-        where = self.redis_url.rsplit("@", 1)[-1]
-        return (f"DashboardSettings(redis=…{where}, host={self.host!r}, port={self.port}, "
-                f"push_interval_s={self.push_interval_s}, max_connections={self.max_connections})")
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
 
 def get_settings(environ: Mapping[str, str] | None = None) -> DashboardSettings:
-    env = Env(environ)
-    d = DashboardSettings
-    return DashboardSettings(
-        redis_url=env.str("REDIS_URL", d.redis_url),
-        redis_cluster=env.bool("REDIS_CLUSTER", False),
-        host=env.str("DASHBOARD_HOST", d.host),
-        port=env.int("DASHBOARD_PORT", d.port, min=0, max=65535),
-        push_interval_s=env.float("DASHBOARD_PUSH_INTERVAL_S", d.push_interval_s, min=0.05, max=1.0),
-        max_connections=env.int("DASHBOARD_MAX_CONNECTIONS", d.max_connections, min=1, max=1_000_000),
-        rooms_refresh_s=env.float("DASHBOARD_ROOMS_REFRESH_S", d.rooms_refresh_s, min=0.5),
-        idle_room_grace_s=env.float("DASHBOARD_IDLE_ROOM_GRACE_S", d.idle_room_grace_s, min=0),
-        currency=env.str("DASHBOARD_CURRENCY", d.currency).upper(),
-        log_level=env.str("LOG_LEVEL", d.log_level),
-    )
+    """The dashboard's settings from ``environ`` (``os.environ`` by default); raises ConfigError."""
+    return DashboardSettings.from_env(environ)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import sys
 
-from kernel.env import ConfigError
 from kernel.log import configure_logging
+from kernel.settings import ConfigError
 from producers.gateway.settings import GatewaySettings, get_settings
+
+FLAGS = {"host": "--host", "port": "--port", "log_level": "--log-level"}  # settings field → the flag that sets it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(FLASHSALE_BROKER_URL, FLASHSALE_REDIS_URL, FLASHSALE_TOPIC_PREFIX, FLASHSALE_GATEWAY_HOST, "
                     "FLASHSALE_GATEWAY_PORT, FLASHSALE_GATEWAY_TOKEN, FLASHSALE_GATEWAY_RATE_LIMIT, ...; see "
                     "docs/INGEST.md); options below override them.")
-    parser.add_argument("--host", help=f"bind address (default {GatewaySettings.host})")
-    parser.add_argument("--port", type=int, help=f"port (default {GatewaySettings.port})")
+    parser.add_argument("--host", help=f"bind address (default {GatewaySettings.model_fields['host'].default})")
+    parser.add_argument("--port", type=int, help=f"port (default {GatewaySettings.model_fields['port'].default})")
     parser.add_argument("--log-level", help="debug, info, warning or error (default FLASHSALE_LOG_LEVEL or info)")
     return parser
 
@@ -29,13 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = get_settings()
+        settings = get_settings().updated({"host": args.host, "port": args.port, "log_level": args.log_level},
+                                          FLAGS)
     except ConfigError as exc:
         print(f"flashsale gateway: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("log_level", args.log_level))
-                 if v is not None}
-    settings = dataclasses.replace(settings, **overrides)
     configure_logging(settings.log_level)
     from producers.gateway.app import serve
 

@@ -69,7 +69,7 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
     metrics = GatewayMetrics(registry)
     app[STATE] = GatewayState(settings=settings, metrics=metrics,
                               limiter=TokenBucketLimiter(settings.rate_limit, settings.rate_burst),
-                              auth=Authenticator(settings.tokens))
+                              auth=Authenticator(settings.token_values()))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]

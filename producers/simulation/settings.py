@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
-from kernel.env import Env
+from pydantic import Field
+
+from kernel.settings import Flag
 from producers.settings import PublisherSettings
-from producers.settings import get_settings as publisher_settings
 
 
-@dataclass(frozen=True)
-class SimulatorSettings:
-    publisher: PublisherSettings = field(default_factory=PublisherSettings)
-    partitions: int = 8  # used when the simulator creates missing topics
-    create_topics: bool = True
-    speed: float = 1.0
-    feedback: bool = True  # read decisions and pay for accepted orders; else pay optimistically
-    feedback_grace_s: float = 10.0
+class SimulatorSettings(PublisherSettings):
+    """``partitions`` and ``auto_create_topics`` (shared) are used when the simulator creates missing topics."""
+
+    speed: float = Field(1.0, ge=0.01, le=10_000, validation_alias="FLASHSALE_SIM_SPEED",
+                         description="simulated seconds per wall second")
+    feedback: Flag = Field(True, validation_alias="FLASHSALE_SIM_FEEDBACK",
+                           description="read decisions and pay only accepted orders")
+    feedback_grace_s: float = Field(10.0, ge=0.5, le=600, validation_alias="FLASHSALE_SIM_FEEDBACK_GRACE_S",
+                                    description="fall back to optimistic payments after this long without "
+                                                "decisions")
 
 
 def get_settings(environ: Mapping[str, str] | None = None) -> SimulatorSettings:
-    env = Env(environ)
-    return SimulatorSettings(
-        publisher=publisher_settings(environ),
-        partitions=env.int("PARTITIONS", SimulatorSettings.partitions, min=1, max=1024),
-        create_topics=env.bool("AUTO_CREATE_TOPICS", SimulatorSettings.create_topics),
-        speed=env.float("SIM_SPEED", SimulatorSettings.speed, min=0.01, max=10_000),
-        feedback=env.bool("SIM_FEEDBACK", SimulatorSettings.feedback),
-        feedback_grace_s=env.float("SIM_FEEDBACK_GRACE_S", SimulatorSettings.feedback_grace_s, min=0.5, max=600),
-    )
+    """The simulator's settings from ``environ`` (``os.environ`` by default); raises ConfigError."""
+    return SimulatorSettings.from_env(environ)

@@ -170,7 +170,7 @@ async def gateway_on(broker: Broker, topic_prefix: str, redis_url: str, cluster:
     settings = GatewaySettings(host="127.0.0.1", port=free_port(), redis_url=redis_url, redis_cluster=cluster,
                                broker_url=broker.url, topic_prefix=topic_prefix, timeout_ms=3000,
                                tokens=(TOKEN,), rate_limit=0.0, decision_timeout_ms=300,
-                               auto_create_topics=False, partitions=4, soldout_cache_ms=60_000)
+                               auto_create_topics=False, partitions=4, soldout_cache_ms=10_000)
     app = create_gateway(settings, CollectorRegistry())
     runner = make_runner(app)
     await runner.setup()

@@ -6,7 +6,7 @@ import pytest
 
 from consumers.dashboard.__main__ import main
 from consumers.dashboard.settings import DashboardSettings, get_settings
-from kernel.env import ConfigError
+from kernel.settings import ConfigError
 
 
 def test_defaults() -> None:

@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import make_mocked_request
 
 from flashsale.embedded import free_port
-from kernel.env import ConfigError
+from kernel.settings import ConfigError
 from producers.gateway.__main__ import main
 from producers.gateway.http import ApiError, Authenticator, check_content_type, client_ip, parse_json
 from producers.gateway.ratelimit import TokenBucketLimiter, retry_after_header
@@ -79,7 +79,7 @@ def test_gateway_settings() -> None:
     s = get_settings({"FLASHSALE_GATEWAY_TOKEN": f"{TOKEN}, other-token-0123456789", "FLASHSALE_GATEWAY_PORT": "0",
                       "FLASHSALE_GATEWAY_RATE_LIMIT": "50", "FLASHSALE_REDIS_URL": "redis://:pw@h:1/0",
                       "FLASHSALE_TOPIC_PREFIX": "x.", "FLASHSALE_PRODUCER_LINGER_MS": "1"})
-    assert s.tokens == (TOKEN, "other-token-0123456789") and s.rate_burst == 100
+    assert s.token_values() == (TOKEN, "other-token-0123456789") and s.rate_burst == 100
     assert s.publisher.topic_prefix == "x." and s.publisher.linger_ms == 1
     assert TOKEN not in repr(s) and "pw" not in repr(s)
     with pytest.raises(ConfigError, match="at least 16"):

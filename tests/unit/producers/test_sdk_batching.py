@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from kernel.env import ConfigError
+from kernel.settings import ConfigError
 from producers.sdk import BatchValidationError, Prepared, Publisher, order_event_id, plan_records, prepare, prepare_all
 from producers.settings import PublisherSettings, get_settings
 from schemas.codec import decode_record
