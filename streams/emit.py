@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, MAX_BATCH_ITEMS, BadItem, dead_letter, encode_batch
 from schemas.events import Event
@@ -28,6 +28,32 @@ class Record:
     offset: int
     value: bytes | None
     first_index: int = 0  # position of the record's first event among the original record's valid events
+    # The record's Kafka timestamp (epoch ms): set by the producer (the gateway, the SDK, a principal
+    # allowed to write the topic), stable under replay. The pipeline's clock; None when unknown.
+    timestamp_ms: int | None = None
+
+
+# How far an event's own ``ts`` (the client's clock) may stray from its record's timestamp (the
+# pipeline's clock) before it is clamped for counting and windows; decisions use the record's time.
+MAX_CLIENT_SKEW_MS: Final = 300_000
+
+
+def pipeline_time_ms(event_ts: int, rec: Record) -> int:
+    """The time the pipeline decides by: the record's timestamp, or the event's own time without one."""
+    return event_ts if rec.timestamp_ms is None else rec.timestamp_ms
+
+
+def clamped_time_ms(event_ts: int, rec: Record) -> int:
+    """The client's time, kept within MAX_CLIENT_SKEW_MS of the record's timestamp."""
+    if rec.timestamp_ms is None:
+        return event_ts
+    return min(max(event_ts, rec.timestamp_ms - MAX_CLIENT_SKEW_MS), rec.timestamp_ms + MAX_CLIENT_SKEW_MS)
+
+
+def record_time_ms(message: Any) -> int | None:
+    """A Faust message's Kafka timestamp in epoch ms (Faust gives seconds as a float)."""
+    ts = getattr(message, "timestamp", None)
+    return None if ts is None or ts <= 0 else round(ts * 1000)
 
 
 @dataclass

@@ -15,6 +15,9 @@ class WorkerMetrics:
         r = self.registry
         self.events_consumed = Counter(
             "flashsale_events_consumed_total", "Events consumed, by topic and type", ["topic", "type"], registry=r)
+        self.client_time_clamped = Counter(
+            "flashsale_client_time_clamped_total", "Events whose own time strayed more than the allowed skew from "
+            "their record's timestamp (decided and counted on the pipeline's clock), by topic", ["topic"], registry=r)
         self.dead_letters = Counter(
             "flashsale_dead_letters_total", "Records routed to the dead-letter topic, by reason",
             ["reason"], registry=r)

@@ -16,7 +16,7 @@ from schemas.topics import DECISIONS, ENGAGEMENT, ORDERS
 from streams.counters.params import CounterParams
 from streams.counters.service import CountersService, Prepared, spike_configs
 from streams.counters.store import CountersStore
-from streams.emit import Record
+from streams.emit import Record, record_time_ms
 from streams.pipeline import Pipeline
 from streams.resilience import process
 
@@ -83,7 +83,8 @@ def register(p: Pipeline) -> None:
                 async for batch in stream.noack_take(p.settings.batch_max, within=p.settings.batch_within_s):
                     svc = service(topic)
                     for events in chunks(batch):
-                        records = [Record(topic, e.message.partition, e.message.offset, e.value) for e in events]
+                        records = [Record(topic, e.message.partition, e.message.offset, e.value,
+                                          timestamp_ms=record_time_ms(e.message)) for e in events]
                         prepared: Prepared | None
                         try:
                             prepared = svc.prepare(records)

@@ -9,12 +9,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import msgspec
 import orjson
 
 from kernel.clock import now_ms
 from schemas import keys
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
-from schemas.events import SpikeDetected, make_event
+from schemas.events import Event, SpikeDetected, make_event
 from schemas.topics import ALERTS, DECISIONS, ENGAGEMENT, ORDERS, logical_topic
 from streams.counters.params import CounterParams
 from streams.counters.rollups import (
@@ -28,7 +29,7 @@ from streams.counters.rollups import (
 )
 from streams.counters.spike import SpikeConfig, SpikeState, evaluate
 from streams.counters.store import ApplyResult, CountersStore, SpikeStore
-from streams.emit import Outbound, Record, SendFn, bad, flush
+from streams.emit import Outbound, Record, SendFn, bad, clamped_time_ms, flush
 from streams.metrics import WorkerMetrics
 from streams.resilience import check_fault
 
@@ -87,6 +88,19 @@ class CountersService:
         self.owns_input = topic != ORDERS or owns_orders_input
         self.fault_marker = fault_marker
 
+    def _clamped(self, events: list[Event], rec: Record) -> list[Event]:
+        """Events whose own time strays from the record's timestamp beyond MAX_CLIENT_SKEW_MS are counted at
+        the bound: one event stamped a year ahead must not close every window of its room."""
+        out = events
+        for i, e in enumerate(events):
+            ts = clamped_time_ms(e.ts, rec)
+            if ts != e.ts:
+                if out is events:
+                    out = list(events)
+                out[i] = msgspec.structs.replace(e, ts=ts)
+                self.metrics.client_time_clamped.labels(self.topic).inc()
+        return out
+
     async def handle(self, records: Sequence[Record]) -> None:
         """Apply one batch: :meth:`prepare` (CPU only) then :meth:`apply` (Redis, outputs)."""
         await self.apply(self.prepare(records))
@@ -100,7 +114,10 @@ class CountersService:
             if self.owns_input:
                 for err in decoded.errors:
                     out.reject(err, rec, self.metrics)
-            items.extend(Item(rec.partition, rec.offset, rec.first_index + i, e) for i, e in enumerate(decoded.events))
+            events = decoded.events
+            if rec.timestamp_ms is not None and self.topic != DECISIONS:  # decisions: the workers' own times
+                events = self._clamped(events, rec)
+            items.extend(Item(rec.partition, rec.offset, rec.first_index + i, e) for i, e in enumerate(events))
             if self.fault_marker:
                 for e in decoded.events:
                     check_fault(self.fault_marker, e.event_id)

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from schemas.topics import ORDERS
-from streams.emit import Record
+from streams.emit import Record, record_time_ms
 from streams.pipeline import Pipeline
 from streams.resilience import TRANSIENT, process
 from streams.stock.service import StockService
@@ -40,7 +40,8 @@ def register(p: Pipeline) -> None:
     @p.app.agent(p.orders, name="flashsale.stock", concurrency=1)
     async def stock(stream: Any) -> None:
         async for events in stream.take_events(p.settings.batch_max, within=p.settings.batch_within_s):
-            records = [Record(ORDERS, e.message.partition, e.message.offset, e.value) for e in events]
+            records = [Record(ORDERS, e.message.partition, e.message.offset, e.value,
+                              timestamp_ms=record_time_ms(e.message)) for e in events]
             await process(service().handle, records, p.send, p.metrics, "stock")
 
     @p.app.timer(interval=p.settings.sweep_interval_s, name="flashsale.stock_sweep")

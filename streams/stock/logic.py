@@ -39,32 +39,36 @@ def sale_of(event: Event) -> str | None:
     return getattr(event.data, "sale_id", None)
 
 
-def to_op(event: Event) -> dict[str, Any] | None:
-    """The Lua op for an order-side event, or None if the event does not belong on the orders topic."""
+def to_op(event: Event, now_ms: int | None = None) -> dict[str, Any] | None:
+    """The Lua op for an order-side event, or None if the event does not belong on the orders topic.
+    ``now_ms`` is the pipeline's time for the event (its record's timestamp): the sale window, the
+    reservation deadline and lateness are judged by it, never by the client's ``ts`` (default)."""
     d = event.data
+    ts = event.ts if now_ms is None else now_ms
     if isinstance(d, OrderPlaced):
         return {"op": "place", "order_id": d.order_id, "event_id": event.event_id, "user_id": event.user_id,
-                "qty": d.qty, "unit_price": d.unit_price, "sku": d.sku, "ts": event.ts}
+                "qty": d.qty, "unit_price": d.unit_price, "sku": d.sku, "ts": ts}
     if isinstance(d, OrderPaid):
         return {"op": "paid", "order_id": d.order_id, "event_id": event.event_id, "user_id": event.user_id,
-                "ts": event.ts}
+                "ts": ts}
     if isinstance(d, OrderCancelled):
         return {"op": "cancel", "order_id": d.order_id, "event_id": event.event_id, "user_id": event.user_id,
-                "ts": event.ts}
+                "ts": ts}
     if isinstance(d, SaleOpened):
         return {"op": "open", "event_id": event.event_id, "sale_id": d.sale_id, "sku": d.sku,
                 "room_id": event.room_id, "price": d.price, "allotment": d.allotment,
                 "per_user_limit": d.per_user_limit, "starts_at": d.starts_at, "ends_at": d.ends_at,
-                "ttl_ms": d.reservation_ttl_s * 1000, "ts": event.ts}
+                "ttl_ms": d.reservation_ttl_s * 1000, "ts": ts}
     if isinstance(d, SaleClosed):
-        return {"op": "close", "event_id": event.event_id, "ts": event.ts}
+        return {"op": "close", "event_id": event.event_id, "ts": ts}
     if isinstance(d, StockAdjusted):
-        return {"op": "adjust", "event_id": event.event_id, "delta": d.delta, "ts": event.ts}
+        return {"op": "adjust", "event_id": event.event_id, "delta": d.delta, "ts": ts}
     return None
 
 
-def decision_event(order: Event, result: dict[str, Any]) -> Event:
-    """The order.accepted / order.rejected event answering ``order`` (deterministic event id)."""
+def decision_event(order: Event, result: dict[str, Any], ts: int | None = None) -> Event:
+    """The order.accepted / order.rejected event answering ``order`` (deterministic event id), stamped
+    ``ts`` (the order's time as the pipeline counts it; default: the order's own ``ts``)."""
     d = order.data
     assert isinstance(d, OrderPlaced)
     payload: OrderAccepted | OrderRejected
@@ -80,8 +84,8 @@ def decision_event(order: Event, result: dict[str, Any]) -> Event:
             event_id = decision_id(d.sale_id, d.order_id)
         payload = OrderRejected(order_id=d.order_id, sale_id=d.sale_id, sku=d.sku, qty=d.qty, reason=reason,  # type: ignore[arg-type]  # the script answers one of REJECT_REASONS
                                 detail=str(result.get("detail") or ""))
-    return new_event(payload, event_id=event_id, ts=order.ts, room_id=order.room_id, user_id=order.user_id,
-                 channel=order.channel, referrer_id=order.referrer_id)
+    return new_event(payload, event_id=event_id, ts=order.ts if ts is None else ts, room_id=order.room_id,
+                     user_id=order.user_id, channel=order.channel, referrer_id=order.referrer_id)
 
 
 def stock_changed_event(adjust: Event, result: dict[str, Any]) -> Event:

@@ -12,8 +12,17 @@ import orjson
 from kernel.clock import now_ms
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import Event
-from schemas.topics import DECISIONS
-from streams.emit import Outbound, Record, SendFn, bad, flush
+from schemas.topics import DECISIONS, ORDERS
+from streams.emit import (
+    MAX_CLIENT_SKEW_MS,
+    Outbound,
+    Record,
+    SendFn,
+    bad,
+    clamped_time_ms,
+    flush,
+    pipeline_time_ms,
+)
 from streams.metrics import WorkerMetrics
 from streams.resilience import check_fault
 from streams.stock.logic import BAD_STATUSES, decision_event, outbox_event, sale_of, stock_changed_event, to_op
@@ -47,6 +56,7 @@ class StockService:
         sources: dict[str, list[tuple[Event, Record]]] = defaultdict(list)
         consumed: Counter[tuple[str, str]] = Counter()  # metrics once per batch, not per event
         moved: dict[str, int] = {}  # sales seen on a partition not yet recorded
+        skewed = 0  # events whose own time strays from their record's
         for rec in records:
             decoded = decode_record(rec.value, self.max_record_bytes)
             for bad_item in decoded.errors:
@@ -54,7 +64,10 @@ class StockService:
             for event in decoded.events:
                 check_fault(self.fault_marker, event.event_id)
                 consumed[rec.topic, event.type] += 1
-                op = to_op(event)
+                now = pipeline_time_ms(event.ts, rec)
+                if abs(event.ts - now) > MAX_CLIENT_SKEW_MS:
+                    skewed += 1
+                op = to_op(event, now)
                 sale_id = sale_of(event)
                 if op is None or sale_id is None:
                     out.reject(bad(0, "wrong_topic", f"{event.type} does not belong on the orders topic",
@@ -66,6 +79,8 @@ class StockService:
                     moved[sale_id] = rec.partition
         for (topic, type_), n in consumed.items():
             self.metrics.events_consumed.labels(topic, type_).inc(n)
+        if skewed:
+            self.metrics.client_time_clamped.labels(ORDERS).inc(skewed)
         if ops:
             # Only sales that exist get a partition recorded: ids of sales never opened must not grow
             # the partition hash or this map (both would be unbounded under crafted ids).
@@ -126,7 +141,7 @@ class StockService:
         for (event, rec), r in zip(srcs, res.results, strict=True):
             op = r.get("op")
             if op == "place":
-                decision = decision_event(event, r)
+                decision = decision_event(event, r, clamped_time_ms(event.ts, rec))
                 out.add(DECISIONS, decision)
                 if not r.get("replay"):
                     decided[r["out"], r.get("r") or ""] += 1

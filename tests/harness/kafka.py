@@ -28,7 +28,10 @@ async def produce_events(bootstrap: str, prefix: str, events: Iterable[Event], b
         async def send_run() -> None:
             nonlocal sent
             if run:
-                futs.append(await producer.send(names.for_event(run[0]), encode_batch(run), key=partition_key(run[0])))
+                # stamped with the first event's time, as a trusted producer backfilling a stream would:
+                # the pipeline's clock is the record timestamp, and these tests script event times
+                futs.append(await producer.send(names.for_event(run[0]), encode_batch(run), key=partition_key(run[0]),
+                                                timestamp_ms=run[0].ts))
                 sent += 1
                 run.clear()
 

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["root_packages"]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-LAYERS = "flashsale > streams | producers | consumers (independent) > kernel > schemas"
+LAYERS = "bench > flashsale > streams | producers | consumers (independent) > kernel > schemas"
 SCHEMAS_PURE = "schemas is the contract only: no I/O or framework libraries"
 STREAMS_LAYERS = "streams: app > stock | counters | web > pipeline"
 
@@ -33,7 +33,7 @@ def plant(project: Path, module: str, line: str) -> None:
 
 def lint_imports(project: Path) -> subprocess.CompletedProcess[str]:
     # PYTHONPATH first: the copy, not the installed checkout, is what grimp must find.
-    env = {**os.environ, "PYTHONPATH": str(project)}
+    env = {**os.environ, "PYTHONPATH": str(project), "COLUMNS": "400"}  # rich wraps long contract names
     return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=project, env=env, capture_output=True, text=True,
                           timeout=180)
 

@@ -146,7 +146,13 @@ local function apply(i, o)
         status = 'not_owner'  -- only the order's own user can pay or cancel it
       elseif rec.s == 'reserved' then
         dirty = true
-        if op == 'paid' then
+        if op == 'paid' and o.ts > rec.d then
+          -- Paid after the deadline (by the pipeline's clock, not the sweeper's timing): the
+          -- reservation had lapsed, so it is released as expired and the payment is refused.
+          S.expired = S.expired + 1
+          release(o.order_id, rec, 'expired', rec.d)
+          status = 'late_payment'
+        elseif op == 'paid' then
           S.reserved = S.reserved - rec.q
           S.sold = S.sold + rec.q
           S.paid = S.paid + 1

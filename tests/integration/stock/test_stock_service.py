@@ -401,3 +401,36 @@ async def test_an_order_id_belongs_to_its_first_user(svc_parts: Any, redis_clien
     assert sorted(d["reason"] for d in sink.records["dead-letter"]) == ["not_owner", "not_owner"]
     await svc.handle(records([paid("x", "u1", T0 + 6)]))  # the owner still can
     assert (await sale_state(redis_client))["sold"] == "1"
+
+
+async def test_decisions_use_the_record_time_not_the_clients(svc_parts: Any, redis_client: aioredis.Redis) -> None:
+    """Issue 12, item 3: an order stamped inside the window is refused when its record arrives before the
+    sale opens, and an order stamped near the end cannot stretch its reservation past the TTL."""
+    svc, sink, _ = svc_parts
+    opened = sale_opened(allotment=5)
+    ttl_ms = opened.data.reservation_ttl_s * 1000  # type: ignore[attr-defined]
+    await svc.handle([Record("orders", 0, 0, encode_event(opened), timestamp_ms=T0)])
+    early = order("early", "u1", T0 + 1)  # claims to be inside the window...
+    await svc.handle([Record("orders", 0, 1, encode_event(early), timestamp_ms=T0 - 600_000)])  # ...sent before it
+    stretched = order("late-stamp", "u2", T0 + 599_000)  # claims the window's last second, sent at T0 + 10 s
+    await svc.handle([Record("orders", 0, 2, encode_event(stretched), timestamp_ms=T0 + 10_000)])
+    assert [d["data"]["reason"] for d in sink.decisions("order.rejected")] == ["sale_not_active"]
+    [accepted] = sink.decisions("order.accepted")
+    assert accepted["data"]["reserved_until"] == T0 + 10_000 + ttl_ms  # the record's time + TTL
+    assert svc.metrics.client_time_clamped.labels("orders")._value.get() == 2
+
+
+async def test_a_payment_after_the_deadline_is_refused_whenever_the_sweeper_runs(
+        svc_parts: Any, redis_client: aioredis.Redis) -> None:
+    """Issue 13, item 5: late or on time is decided by the pipeline's clock, not by the sweep's timing."""
+    svc, sink, _ = svc_parts
+    await svc.handle([Record("orders", 0, 0, encode_batch([sale_opened(allotment=2), order("a", "u1", T0 + 1),
+                                                           order("b", "u2", T0 + 2)]), timestamp_ms=T0 + 2)])
+    deadline = T0 + 2 + sale_opened().data.reservation_ttl_s * 1000  # type: ignore[attr-defined]
+    on_time, late = paid("a", "u1", deadline - 1), paid("b", "u2", deadline - 1)  # b claims to be on time too
+    await svc.handle([Record("orders", 0, 1, encode_event(on_time), timestamp_ms=deadline - 1),
+                      Record("orders", 0, 2, encode_event(late), timestamp_ms=deadline + 5_000)])
+    st = await sale_state(redis_client)
+    assert (st["sold"], st["reserved"], st["available"], st["expired"]) == ("1", "0", "1", "1")
+    [expired] = sink.decisions("order.expired")
+    assert (expired["data"]["order_id"], expired["data"]["cause"]) == ("b", "ttl")
