@@ -54,8 +54,11 @@ class SaleAudit:
 async def read_log(bootstrap: str, topic: str, max_bytes: int | None = None, raw: bool = False) -> list[Any]:
     """Every valid event in ``topic`` up to the end offsets seen now (no consumer group). Records over
     ``max_bytes`` are skipped, as the worker dead-letters them unread; ``raw`` returns decoded JSON values."""
+    # auto_offset_reset="earliest": assign() schedules a position reset by this policy, which can race
+    # the explicit seek to the beginning below; with aiokafka's default ("latest") some partitions
+    # were then read from their end and the audit reported lost attempts that were not lost.
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100,
-                                request_timeout_ms=15_000)
+                                request_timeout_ms=15_000, auto_offset_reset="earliest")
     await consumer.start()
     events: list[Any] = []
     try:
