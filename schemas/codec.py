@@ -6,6 +6,7 @@ takes the slow path, which finds every bad item and names its field.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -118,13 +119,24 @@ def decode_record(value: bytes | None, max_bytes: int | None = None) -> Decoded:
     return out
 
 
+# The raw input a dead letter carries, at most: JSON-escaping can grow control bytes 6x, so even a
+# truncated raw of control bytes stays far below the producer's 1,000,000-byte record limit.
+MAX_DEAD_LETTER_RAW: Final = 65_536
+
+
 def dead_letter(item: BadItem, *, topic: str, partition: int, offset: int, now_ms: int) -> bytes:
-    """The dead-letter record for one bad item: reason, detail, origin, and the raw input."""
-    return orjson.dumps({
-        "reason": item.reason, "detail": item.detail, "topic": topic, "partition": partition,
+    """The dead-letter record for one bad item: reason, detail, origin, and the raw input (cut to
+    MAX_DEAD_LETTER_RAW bytes, with its full size and SHA-256 so the original can be found)."""
+    raw = item.raw
+    out: dict[str, Any] = {
+        "reason": item.reason, "detail": item.detail[:1000], "topic": topic, "partition": partition,
         "offset": offset, "index": item.index, "ts": now_ms,
-        "raw": item.raw.decode("utf-8", errors="replace"),
-    })
+        "raw": raw[:MAX_DEAD_LETTER_RAW].decode("utf-8", errors="replace"),
+        "raw_bytes": len(raw), "raw_sha256": hashlib.sha256(raw).hexdigest(),
+    }
+    if len(raw) > MAX_DEAD_LETTER_RAW:
+        out["raw_truncated"] = True
+    return orjson.dumps(out)
 
 
 class _Pairs(dict[str, Any]):

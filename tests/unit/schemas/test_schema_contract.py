@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any
 
 import orjson
@@ -193,7 +194,19 @@ def test_dead_letter_record_names_the_origin() -> None:
     [bad] = decode_record(b"{oops").errors
     out = orjson.loads(dead_letter(bad, topic="t", partition=3, offset=9, now_ms=5))
     assert out == {"reason": "malformed_json", "detail": bad.detail, "topic": "t", "partition": 3, "offset": 9,
-                   "index": -1, "ts": 5, "raw": "{oops"}
+                   "index": -1, "ts": 5, "raw": "{oops", "raw_bytes": 5,
+                   "raw_sha256": hashlib.sha256(b"{oops").hexdigest()}
+
+
+def test_a_dead_letter_always_fits_the_producers_limit() -> None:
+    """Issue 13, item 1: a 300 KB malformed record of control bytes made a 1.8 MB dead letter."""
+    raw = b"\x01" * 300_000
+    [bad] = decode_record(raw).errors
+    out = dead_letter(bad, topic="t", partition=0, offset=1, now_ms=5)
+    assert len(out) < 1_000_000
+    letter = orjson.loads(out)
+    assert letter["raw_truncated"] is True and letter["raw_bytes"] == 300_000
+    assert letter["raw_sha256"] == hashlib.sha256(raw).hexdigest()
 
 
 def test_events_are_frozen_values() -> None:
