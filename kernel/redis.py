@@ -9,7 +9,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 AnyRedis = aioredis.Redis | RedisCluster
 
@@ -38,6 +48,29 @@ def connect(url: str, cluster: bool = False, *, timeout_s: float | None = None,
                                                         decode_responses=False, health_check_interval=10, **opts)
         return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
     return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10, **opts)
+
+
+class RedisUnavailable(RedisConnectionError):
+    """Redis answered, but refuses work now (OOM under maxmemory, READONLY after a failover, LOADING,
+    BUSY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, NOREPLICAS, MISCONF): the batch waits and is retried, like
+    a lost connection, never turned into a dead letter. A ConnectionError, so every retry loop that
+    handles connection loss handles this too."""
+
+
+_UNAVAILABLE_CLASSES = (OutOfMemoryError, ReadOnlyError, BusyLoadingError, MasterDownError, ClusterDownError,
+                        TryAgainError)
+_UNAVAILABLE_CODES = frozenset({"BUSY", "NOREPLICAS", "MISCONF", "OOM", "READONLY", "LOADING", "MASTERDOWN",
+                                "CLUSTERDOWN", "TRYAGAIN"})
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a Redis error reply means "not now" rather than "this input is bad"."""
+    if isinstance(exc, _UNAVAILABLE_CLASSES):
+        return True
+    if isinstance(exc, ResponseError):
+        words = str(exc).split(None, 1)
+        return bool(words) and words[0] in _UNAVAILABLE_CODES
+    return False
 
 
 def queue_pfcount(pipe: Any, *names: str) -> None:
@@ -112,12 +145,20 @@ async def run_pipeline(client: AnyRedis, scripts: list[LuaScript], build: Any) -
     calls = _Calls()
     build(calls)
     results = await _execute(client, calls.items)
+    _raise_unavailable(results)
     failed = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if not failed:
         return results
     for script in scripts:
         await script.load(client)
     retried = await _execute(client, [calls.items[i] for i in failed])
+    _raise_unavailable(retried)
     for i, res in zip(failed, retried, strict=True):
         results[i] = res
     return results
+
+
+def _raise_unavailable(results: list[Any]) -> None:
+    for res in results:
+        if isinstance(res, Exception) and is_unavailable(res):
+            raise RedisUnavailable(f"Redis refuses work now: {type(res).__name__}: {res}") from res

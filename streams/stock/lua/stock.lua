@@ -1,3 +1,4 @@
+#!lua
 -- Apply a batch of order-side operations to ONE sale, atomically and idempotently.
 -- KEYS: 1 sale hash, 2 orders hash, 3 users hash, 4 deadlines zset, 5 dups hash, 6 applied set, 7 outbox zset
 -- ARGV[1]: JSON array of ops {op=open|close|adjust|place|paid|cancel, ...}; ARGV[2]: now (epoch ms);
@@ -8,6 +9,19 @@
 local sale_k, orders_k, users_k, dl_k, dups_k, applied_k, outbox_k =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local ops = cjson.decode(ARGV[1])
+
+-- Redis refusing work now (out of memory, a read-only replica after a failover, loading, busy...)
+-- is not bad data: the call fails as a whole, so the worker waits and retries the batch. The
+-- "#!lua" line makes Redis (7+) check OOM, READONLY and min-replicas before the script runs, so
+-- such a refusal never leaves a batch half-applied.
+local UNAVAILABLE = {OOM = true, READONLY = true, MASTERDOWN = true, LOADING = true, BUSY = true, TRYAGAIN = true,
+                     CLUSTERDOWN = true, NOREPLICAS = true, MISCONF = true}
+local function unavailable(err)
+  local msg = type(err) == 'table' and tostring(err.err) or tostring(err)
+  local code = string.match(msg, '^(%u+)')
+  if code and UNAVAILABLE[code] then return msg end
+  return nil
+end
 local unknown_ttl_ms = tonumber(ARGV[3] or '86400000')
 
 local S = {}
@@ -244,6 +258,8 @@ end
 for i, o in ipairs(ops) do
   local before, was_dirty, existed = copy(S), dirty, exists
   local ok, err = pcall(apply, i, o)
+  local refused = (not ok) and unavailable(err)
+  if refused then return redis.error_reply(refused) end
   if not ok then
     S, dirty, exists = before, was_dirty, existed
     res[i] = {op = 'error', err = tostring(err)}

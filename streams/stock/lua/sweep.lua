@@ -1,3 +1,4 @@
+#!lua
 -- Release reservations whose deadline has passed, for ONE sale; report stock for gauges.
 -- KEYS: 1 sale hash, 2 orders hash, 3 users hash, 4 deadlines zset, 5 outbox zset
 -- ARGV: 1 now (epoch ms), 2 max releases this call

@@ -434,3 +434,30 @@ async def test_a_payment_after_the_deadline_is_refused_whenever_the_sweeper_runs
     assert (st["sold"], st["reserved"], st["available"], st["expired"]) == ("1", "0", "1", "1")
     [expired] = sink.decisions("order.expired")
     assert (expired["data"]["order_id"], expired["data"]["cause"]) == ("b", "ttl")
+
+
+async def test_redis_refusing_writes_makes_the_batch_wait_not_dead_letters(redis_client: aioredis.Redis) -> None:
+    """Issue 13, item 2: OOM under maxmemory turned valid orders into handler_error dead letters."""
+    import asyncio
+
+    from streams.resilience import process
+
+    sink, metrics = Sink(), WorkerMetrics()
+    svc = StockService(StockStore(redis_client, metrics), metrics, sink.send, clock=Clock(T0 + 5000))
+    await svc.handle(records([sale_opened(allotment=5)]))
+    await redis_client.config_set("maxmemory-policy", "noeviction")
+    await redis_client.config_set("maxmemory", "1")  # every write is refused: OOM
+    try:
+        task = asyncio.create_task(process(svc.handle, records([order("a", "u1", T0 + 1), order("b", "u2", T0 + 2)]),
+                                           sink.send, metrics, "stock"))
+        await asyncio.sleep(1.0)
+        assert not task.done()  # waiting and retrying, not giving up
+        assert sink.records["dead-letter"] == [] and sink.decisions() == []
+        assert metrics.redis_errors.labels("stock_batch")._value.get() >= 2
+    finally:
+        await redis_client.config_set("maxmemory", "0")
+    await asyncio.wait_for(task, 10)
+    assert sorted(d["data"]["order_id"] for d in sink.decisions("order.accepted")) == ["a", "b"]
+    assert sink.records["dead-letter"] == []
+    st = await sale_state(redis_client)
+    assert (st["reserved"], st["available"], st["attempts"]) == ("2", "3", "2")
