@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flashsale gateway",
         description="Serve POST /v1/events, POST /v1/sales/{sale_id}/orders, GET /v1/sales/{sale_id}/orders/"
-                    "{order_id}, /metrics, /healthz and /readyz. Settings come from FLASHSALE_* variables "
+                    "{order_id}, POST .../orders/{order_id}/pay and /cancel, POST /v1/sales/{sale_id}/open, /close "
+                    "and /stock, /metrics, /healthz and /readyz. Settings come from FLASHSALE_* variables "
                     "(FLASHSALE_BROKER_URL, FLASHSALE_REDIS_URL, FLASHSALE_TOPIC_PREFIX, FLASHSALE_GATEWAY_HOST, "
                     "FLASHSALE_GATEWAY_PORT, FLASHSALE_GATEWAY_TOKEN, FLASHSALE_GATEWAY_RATE_LIMIT, ...; see "
                     "docs/INGEST.md); options below override them.")

@@ -13,6 +13,7 @@ from typing import Final
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from producers.gateway.commands import add_command_routes
 from producers.gateway.http import ApiError, Authenticator, json_response
 from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.ratelimit import TokenBucketLimiter
@@ -69,7 +70,7 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
     metrics = GatewayMetrics(registry)
     app[STATE] = GatewayState(settings=settings, metrics=metrics,
                               limiter=TokenBucketLimiter(settings.rate_limit, settings.rate_burst),
-                              auth=Authenticator(settings.token_values()))
+                              auth=Authenticator(settings.credentials(), frozenset(settings.anonymous_scopes)))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]
@@ -83,6 +84,7 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
 
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)
+    add_command_routes(app)
     return app
 
 

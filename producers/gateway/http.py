@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from producers.gateway.scopes import DEFAULT_SCOPES, Principal
+from producers.gateway.settings import Network
 from producers.sdk import ItemError
 
 JSON_TYPES = ("application/json",)
@@ -97,10 +100,14 @@ def parse_json(body: bytes) -> Any:
 
 
 class Authenticator:
-    """Bearer tokens compared in constant time; the client key is the token's index, never the token."""
+    """Bearer tokens compared in constant time, each with its scopes; the caller's rate-limit key is the
+    token's position, never the token. With no tokens every caller is anonymous, with ``anonymous`` scopes."""
 
-    def __init__(self, tokens: tuple[str, ...]) -> None:
-        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+    def __init__(self, credentials: tuple[tuple[str, frozenset[str]], ...],
+                 anonymous: frozenset[str] = DEFAULT_SCOPES) -> None:
+        self._digests = [hashlib.sha256(t.encode()).digest() for t, _ in credentials]
+        self._principals = [Principal(f"token:{i}", scopes) for i, (_, scopes) in enumerate(credentials)]
+        self._anonymous = Principal(None, anonymous)
 
     @property
     def enabled(self) -> bool:
@@ -109,10 +116,10 @@ class Authenticator:
     def __repr__(self) -> str:
         return f"Authenticator(tokens={len(self._digests)})"
 
-    def check(self, request: web.Request) -> int | None:
-        """The matching token's index (None when auth is off); raise 401 otherwise."""
+    def check(self, request: web.Request) -> Principal:
+        """The caller (anonymous when auth is off); raise 401 otherwise."""
         if not self._digests:
-            return None
+            return self._anonymous
         header = request.headers.get("Authorization", "")
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
@@ -126,12 +133,31 @@ class Authenticator:
         if match is None:
             raise ApiError(401, "unauthorized", "invalid bearer token", reason="unauthorized",
                            headers={"WWW-Authenticate": 'Bearer realm="flashsale", error="invalid_token"'})
-        return match
+        return self._principals[match]
 
 
-def client_ip(request: web.Request, trust_forwarded: bool) -> str:
-    if trust_forwarded:
-        forwarded = request.headers.get("X-Forwarded-For")
-        if forwarded:
-            return forwarded.split(",", 1)[0].strip()
-    return request.remote or "unknown"
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip().removeprefix("[").split("]", 1)[0])
+    except ValueError:
+        return None
+
+
+def client_ip(request: web.Request, proxies: tuple[Network, ...] = ()) -> str:
+    """The client's address: the peer, unless the peer is a trusted proxy; then the right-most
+    ``X-Forwarded-For`` hop that is not a trusted proxy (hops left of it are the client's to invent)."""
+    peer = request.remote or "unknown"
+    if not proxies:
+        return peer
+
+    def trusted(text: str) -> bool:
+        addr = _address(text)
+        return addr is not None and any(addr in net for net in proxies)
+
+    if not trusted(peer):
+        return peer
+    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", []) for h in v.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop[:64]  # an unparsable hop is the client's claim: a key, bounded, never trusted
+    return hops[0][:64] if hops else peer

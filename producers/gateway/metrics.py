@@ -21,7 +21,8 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.events = Counter(
             "flashsale_gateway_events_total",
-            "Events received: accepted (published), invalid, or rejected with their request", ["outcome"],
+            "Events received: accepted (published), invalid, forbidden (outside the caller's scopes, or a "
+            "pipeline output), or rejected with their request", ["outcome"],
             registry=r)
         self.records = Counter(
             "flashsale_gateway_records_total", "Kafka records published (a record holds one event or a batch)",
@@ -35,5 +36,9 @@ class GatewayMetrics:
         self.decision_wait = Histogram(
             "flashsale_gateway_decision_wait_seconds", "Publish-to-decision time seen by the orders endpoint",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.commands = Counter(
+            "flashsale_gateway_commands_total",
+            "Control and payment requests answered, by command (open, close, stock, pay, cancel) and outcome "
+            "(done, refused, pending)", ["command", "outcome"], registry=r)
         self.ready = Gauge("flashsale_gateway_ready", "1 when the producer and decision reader are connected",
                            registry=r)

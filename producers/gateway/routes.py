@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from producers.decisions import Decision, read_decision
 from producers.gateway.http import ApiError, check_content_type, client_ip, json_response, parse_json, read_body
 from producers.gateway.ratelimit import retry_after_header
+from producers.gateway.scopes import Principal
 from producers.gateway.state import GatewayState
 from producers.sdk import ItemError, PublishError, order_event_id, prepare, prepare_all
 from schemas.codec import repeated_keys
@@ -29,22 +30,26 @@ READY_TIMEOUT_S: Final = 1.0
 REPEATED_KEY: Final = "repeated key: each field may appear once in an object"
 
 
-def _state(request: web.Request) -> GatewayState:
+def state_of(request: web.Request) -> GatewayState:
     return request.app[STATE]
 
 
-def _admit(request: web.Request) -> tuple[GatewayState, str]:
+def admit(request: web.Request) -> tuple[GatewayState, str, Principal]:
     """Authenticate, then refuse at once (before reading the body) a client whose bucket is empty."""
-    state = _state(request)
-    token_index = state.auth.check(request)
-    if token_index is not None:
-        key = f"token:{token_index}"
-    else:
-        key = f"ip:{client_ip(request, state.settings.trust_forwarded)}"
+    state = state_of(request)
+    principal = state.auth.check(request)
+    key = principal.key or f"ip:{client_ip(request, state.proxies)}"
     wait = state.limiter.retry_after(key, 1)
     if wait > 0:
         raise _rate_limited(wait)
-    return state, key
+    return state, key, principal
+
+
+def require_scope(state: GatewayState, principal: Principal, *any_of: str) -> None:
+    """403 (nothing read further, nothing published) unless the caller holds one of ``any_of``."""
+    message = principal.require(*any_of)
+    if message is not None:
+        raise ApiError(403, "forbidden", message, reason="missing_scope")
 
 
 def _rate_limited(wait: float) -> ApiError:
@@ -52,23 +57,23 @@ def _rate_limited(wait: float) -> ApiError:
                     headers={"Retry-After": retry_after_header(wait)}, close=True)
 
 
-def _take(state: GatewayState, key: str, n: int) -> None:
+def take(state: GatewayState, key: str, n: int) -> None:
     wait = state.limiter.take(key, n)
     if wait > 0:
         state.metrics.events.labels("rejected").inc(n)
         raise _rate_limited(wait)
 
 
-def _parse_charged(state: GatewayState, key: str, raw: bytes) -> Any:
+def parse_charged(state: GatewayState, key: str, raw: bytes) -> Any:
     """The JSON body; a body that is not JSON still costs its sender one token."""
     try:
         return parse_json(raw)
     except ApiError:
-        _take(state, key, 1)
+        take(state, key, 1)
         raise
 
 
-def _require_connected(state: GatewayState) -> None:
+def require_connected(state: GatewayState) -> None:
     if not state.ready:
         raise ApiError(503, "broker_unavailable", "the gateway is not connected to Kafka yet",
                        reason="broker_unavailable", headers={"Retry-After": "1"})
@@ -76,17 +81,18 @@ def _require_connected(state: GatewayState) -> None:
 
 async def post_events(request: web.Request) -> web.Response:
     """POST /v1/events: one event object or an array; all valid → published (202), else nothing (400)."""
-    state, key = _admit(request)
+    state, key, principal = admit(request)
     check_content_type(request)
     raw = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s)
-    body = _parse_charged(state, key, raw)
+    body = parse_charged(state, key, raw)
     items = body if isinstance(body, list) else [body]
     if not items:
         raise ApiError(400, "empty_batch", "the array holds no events", reason="invalid_event")
     if len(items) > state.settings.max_events:
         raise ApiError(413, "too_many_events", f"{len(items)} events exceed the limit of {state.settings.max_events}"
                        " per request", reason="too_large")
-    _take(state, key, len(items))  # charged before validation: invalid events cost as much as valid ones
+    take(state, key, len(items))  # charged before validation: invalid events cost as much as valid ones
+    _check_scopes(state, principal, items)
     prepared, errors = prepare_all(items)
     errors = sorted(errors + [ItemError(i, path, REPEATED_KEY) for i, path in repeated_keys(raw)],
                     key=lambda e: e.index)
@@ -95,7 +101,7 @@ async def post_events(request: web.Request) -> web.Response:
         state.metrics.events.labels("rejected").inc(len(prepared))
         raise ApiError(400, "invalid_events", f"{len(errors)} of {len(items)} events are invalid; nothing was "
                        "published", reason="invalid_event", errors=errors)
-    _require_connected(state)
+    require_connected(state)
     assert state.publisher is not None
     try:
         deliveries = await state.publisher.publish_prepared(prepared)
@@ -109,6 +115,26 @@ async def post_events(request: web.Request) -> web.Response:
     state.metrics.events.labels("accepted").inc(len(prepared))
     state.metrics.records.inc(len(deliveries))
     return json_response({"accepted": len(prepared), "records": len(deliveries)}, status=202)
+
+
+def _check_scopes(state: GatewayState, principal: Principal, items: list[Any]) -> None:
+    """403 naming each item whose type the caller may not publish (outputs: nobody); nothing is published."""
+    refused: list[tuple[int, str, str]] = []
+    for i, item in enumerate(items):
+        type_ = item.get("type") if isinstance(item, dict) else None
+        if isinstance(type_, str):
+            why = principal.refusal(type_)
+            if why is not None:
+                refused.append((i, *why))
+    if not refused:
+        return
+    state.metrics.events.labels("forbidden").inc(len(refused))
+    state.metrics.events.labels("rejected").inc(len(items) - len(refused))
+    reason = "output_type" if any(r == "output_type" for _, r, _ in refused) else "missing_scope"
+    first = refused[0][2]
+    raise ApiError(403, "forbidden_event_type", f"{len(refused)} of {len(items)} events are not allowed for this "
+                   f"caller ({first}); nothing was published", reason=reason,
+                   errors=[ItemError(i, "type", message) for i, _, message in refused])
 
 
 def _order_event(sale_id: str, body: Any) -> tuple[str, dict[str, Any], list[ItemError]]:
@@ -143,13 +169,14 @@ async def _known_decision(state: GatewayState, sale_id: str, order_id: str, user
 
 async def post_order(request: web.Request) -> web.Response:
     """POST /v1/sales/{sale_id}/orders: 409 when sold out (no Kafka), else publish and wait for the decision."""
-    state, key = _admit(request)
+    state, key, principal = admit(request)
+    require_scope(state, principal, "orders")
     sale_id = request.match_info["sale_id"]
     check_content_type(request)
     raw = await read_body(request, min(ORDER_BODY_LIMIT, state.settings.max_body_bytes),
                           state.settings.body_timeout_s)
-    body = _parse_charged(state, key, raw)
-    _take(state, key, 1)  # charged before validation and before the sold-out answer
+    body = parse_charged(state, key, raw)
+    take(state, key, 1)  # charged before validation and before the sold-out answer
     order_id, obj, errors = _order_event(sale_id, body)
     errors += [ItemError(0, err.field.removeprefix("data."), err.message) for err in all_errors(obj)]
     errors += [ItemError(0, path, REPEATED_KEY) for _, path in repeated_keys(raw)]
@@ -169,7 +196,7 @@ async def post_order(request: web.Request) -> web.Response:
         raise ApiError(409, "sold_out", f"sale {sale_id} is sold out", reason="sold_out",
                        extra={"sale_id": sale_id, "order_id": order_id, "outcome": "rejected",
                               "reason": "sold_out"})
-    _require_connected(state)
+    require_connected(state)
     assert state.publisher is not None and state.waiter is not None
     started = time.perf_counter()
     try:
@@ -199,8 +226,9 @@ async def post_order(request: web.Request) -> web.Response:
 
 async def get_order(request: web.Request) -> web.Response:
     """GET /v1/sales/{sale_id}/orders/{order_id}: the decision (200), or 404 while pending or unknown."""
-    state, key = _admit(request)
-    _take(state, key, 1)
+    state, key, principal = admit(request)
+    take(state, key, 1)
+    require_scope(state, principal, "orders", "payments")
     sale_id, order_id = request.match_info["sale_id"], request.match_info["order_id"]
     try:
         decision = await read_decision(state.redis, sale_id, order_id)
@@ -219,7 +247,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     checks = {"kafka": "ok" if state.ready else "connecting"}
     try:
         await asyncio.wait_for(state.redis.ping(), READY_TIMEOUT_S)
@@ -231,7 +259,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    body = generate_latest(_state(request).metrics.registry)
+    body = generate_latest(state_of(request).metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 
 from kernel.settings import Flag
+from producers.gateway.scopes import Scope, canonical, parse_entry, parse_scopes
 from producers.settings import PublisherSettings
 
-Token = Annotated[SecretStr, Field(min_length=16)]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 class GatewaySettings(PublisherSettings):
     host: str = Field("127.0.0.1", validation_alias="FLASHSALE_GATEWAY_HOST", description="bind address")
     port: int = Field(8080, ge=0, le=65535, validation_alias="FLASHSALE_GATEWAY_PORT", description="bind address")
-    tokens: tuple[Token, ...] = Field((), validation_alias="FLASHSALE_GATEWAY_TOKEN",
-                                      description="bearer token(s), comma-separated, 16+ characters; unset = no auth")
+    tokens: tuple[SecretStr, ...] = Field(
+        (), validation_alias="FLASHSALE_GATEWAY_TOKEN",
+        description="bearer token(s), comma-separated, 16+ characters, each `TOKEN` (engagement+orders) or "
+                    "`TOKEN=scope+scope`; unset = no auth")
+    anonymous_scopes: tuple[Scope, ...] = Field(
+        ("engagement", "orders"), validation_alias="FLASHSALE_GATEWAY_ANONYMOUS_SCOPES",
+        description="scopes of every caller when no token is set (control and payments need a token by default)")
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1024 * 1024,
                                 validation_alias="FLASHSALE_GATEWAY_MAX_BODY_BYTES",
                                 description="larger bodies get 413")
@@ -34,8 +42,11 @@ class GatewaySettings(PublisherSettings):
                                   description="slow-client cut-off for the body")
     soldout_cache_ms: int = Field(100, ge=0, le=10_000, validation_alias="FLASHSALE_GATEWAY_SOLDOUT_CACHE_MS",
                                   description="how long the sold-out flag is cached")
+    trusted_proxies: tuple[Network, ...] = Field(
+        (), validation_alias="FLASHSALE_GATEWAY_TRUSTED_PROXIES",
+        description="proxy addresses/CIDRs whose `X-Forwarded-For` is believed, comma-separated")
     trust_forwarded: Flag = Field(False, validation_alias="FLASHSALE_GATEWAY_TRUST_FORWARDED",
-                                  description="rate-limit by `X-Forwarded-For` (behind a proxy)")
+                                  description="deprecated: `true` = trust loopback proxies (127.0.0.0/8, ::1)")
     shutdown_timeout_s: float = Field(10.0, ge=0, le=600, validation_alias="FLASHSALE_GATEWAY_SHUTDOWN_TIMEOUT_S",
                                       description="grace for in-flight requests")
 
@@ -46,13 +57,42 @@ class GatewaySettings(PublisherSettings):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
 
+    @field_validator("tokens")
+    @classmethod
+    def _token_syntax(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for entry in value:
+            parse_entry(entry.get_secret_value())  # the error names the rule, never the token
+        return value
+
+    @field_validator("anonymous_scopes", mode="before")
+    @classmethod
+    def _scope_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return canonical(parse_scopes(value)) if value.strip() not in ("", "none") else ()
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in value.split(",") if p.strip())
+        return value
+
     @property
     def auth_enabled(self) -> bool:
         return bool(self.tokens)
 
+    def credentials(self) -> tuple[tuple[str, frozenset[str]], ...]:
+        """(token in clear, scopes) per configured token, for the authenticator only (never log them)."""
+        return tuple(parse_entry(t.get_secret_value()) for t in self.tokens)
+
     def token_values(self) -> tuple[str, ...]:
-        """The bearer tokens in clear, for the authenticator only (never log them)."""
-        return tuple(t.get_secret_value() for t in self.tokens)
+        """The bearer tokens in clear, without their scopes (never log them)."""
+        return tuple(token for token, _ in self.credentials())
+
+    def proxies(self) -> tuple[Network, ...]:
+        """The networks whose X-Forwarded-For is believed (the deprecated flag adds loopback)."""
+        return self.trusted_proxies + (LOOPBACK if self.trust_forwarded else ())
 
 
 def get_settings(environ: Mapping[str, str] | None = None) -> GatewaySettings:

@@ -19,7 +19,7 @@ from producers.decisions import DecisionWaiter
 from producers.gateway.http import Authenticator
 from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.ratelimit import TokenBucketLimiter
-from producers.gateway.settings import GatewaySettings
+from producers.gateway.settings import GatewaySettings, Network
 from producers.sdk import Publisher
 from schemas import keys
 
@@ -90,6 +90,10 @@ class GatewayState:
     soldout: SoldOutCache | None = None
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     _connect_task: asyncio.Task[None] | None = None
+
+    @property
+    def proxies(self) -> tuple[Network, ...]:
+        return self.settings.proxies()
 
     @property
     def ready(self) -> bool:

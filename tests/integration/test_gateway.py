@@ -541,3 +541,154 @@ async def test_with_a_real_worker_orders_are_decided_then_sold_out_is_409(
         await asyncio.sleep(0.1)  # past the gateway's 50 ms sold-out cache
         status, body, _ = await gw.post("/v1/sales/sale-9/orders", order_body(order_id="d", user_id="u3"))
         assert status == 409 and body["error"] == "sold_out"
+
+
+CONTROL = "control-token-0123456789"
+PAYMENTS = "payments-token-0123456789"
+EVERYTHING = "all-scopes-token-0123456789"
+SCOPED = (TOKEN, f"{CONTROL}=control", f"{PAYMENTS}=payments", f"{EVERYTHING}=engagement+orders+payments+control")
+
+
+def open_body(now: int, **kw: Any) -> dict[str, Any]:
+    body = {"room_id": "room-1", "sku": "sku-1", "price": 990, "allotment": 5, "per_user_limit": 2,
+            "starts_at": now - 1000, "ends_at": now + 600_000, "reservation_ttl_s": 600}
+    body.update(kw)
+    return body
+
+
+async def test_a_plain_token_cannot_open_adjust_or_pay_and_outputs_are_always_refused(
+        gateway: GatewayFactory, broker: Broker, topics: dict[str, str]) -> None:
+    """Issue 12, items 1 and 2: a token written alone has engagement+orders; control, payments and the
+    pipeline's outputs are refused with 403 naming the type and the scope, and nothing is published."""
+    control_events = [
+        {**event(0), "type": "sale.opened", "data": {"sale_id": "s", "sku": "k", "price": 1, "allotment": 10**8,
+                                                      "per_user_limit": 10_000, "starts_at": TS, "ends_at": TS + 1}},
+        {**event(1), "type": "stock.adjusted", "data": {"sale_id": "s", "sku": "k", "delta": 10**8}},
+        {**event(2), "type": "order.paid", "data": {"order_id": "o", "sale_id": "s", "sku": "k"}},
+    ]
+    outputs = [{**event(3), "type": "order.accepted", "data": {"order_id": "o", "sale_id": "s", "sku": "k", "qty": 1,
+                                                               "unit_price": 1, "reserved_until": TS}},
+               {**event(4), "type": "sale.sold_out", "data": {}}]
+    async with gateway(tokens=SCOPED) as gw:
+        status, body, _ = await gw.post("/v1/events", [event(9)] + control_events)
+        assert status == 403 and body["error"] == "forbidden_event_type" and body["invalid"] == 3
+        assert [(e["index"], e["message"]) for e in body["errors"]] == [
+            (1, "sale.opened needs the control scope; this caller has engagement+orders"),
+            (2, "stock.adjusted needs the control scope; this caller has engagement+orders"),
+            (3, "order.paid needs the payments scope; this caller has engagement+orders")]
+        for token in (TOKEN, EVERYTHING):  # outputs are refused whatever the scopes, valid or not
+            status, body, _ = await gw.post("/v1/events", outputs, token=token)
+            assert status == 403 and [e["index"] for e in body["errors"]] == [0, 1]
+            assert "pipeline output" in body["errors"][0]["message"]
+        status, body, _ = await gw.post("/v1/sales/s/open", open_body(TS))
+        assert status == 403 and body["error"] == "forbidden" and "control scope" in body["message"]
+        status, body, _ = await gw.post("/v1/sales/s/stock", {"delta": 10**8, "request_id": "r"})
+        assert status == 403
+        status, body, _ = await gw.post("/v1/sales/s/close", {})
+        assert status == 403
+        status, body, _ = await gw.post("/v1/sales/s/orders/o/pay", {"user_id": "u-1"})
+        assert status == 403 and "payments scope" in body["message"]
+        status, body, _ = await gw.post("/v1/sales/s/orders/o", order_body(), token=PAYMENTS)  # no such POST route
+        assert status == 405
+        status, body, _ = await gw.post("/v1/sales/s/orders", order_body(), token=CONTROL)
+        assert status == 403  # control is not orders
+        status, body, _ = await gw.post("/v1/events", event(5), token=PAYMENTS)
+        assert status == 403 and "engagement scope" in body["errors"][0]["message"]
+        assert gw.metric("flashsale_gateway_rejected_total", reason="missing_scope") == 7
+        assert gw.metric("flashsale_gateway_rejected_total", reason="output_type") == 2
+        assert gw.metric("flashsale_gateway_events_total", outcome="forbidden") == 3 + 2 + 2 + 1
+    async with gateway(tokens=()) as gw:  # auth off: engagement and orders only, unless configured
+        status, body, _ = await gw.post("/v1/events", control_events, token=None)
+        assert status == 403 and body["invalid"] == 3
+        status, _, _ = await gw.post("/v1/sales/s/open", open_body(TS), token=None)
+        assert status == 403
+        status, _, _ = await gw.post("/v1/events", outputs, token=None)
+        assert status == 403
+    assert await total_records(broker.bootstrap, topics) == 0
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(gateway: GatewayFactory, broker: Broker,
+                                                              topics: dict[str, str]) -> None:
+    """Issue 12, item 10: a client cannot pick its own rate-limit key by sending X-Forwarded-For."""
+    async with gateway(tokens=(), rate_limit=0.001, rate_burst=1) as gw:  # nothing trusted: keyed by the peer
+        first, _, _ = await gw.post("/v1/events", event(0), headers={"X-Forwarded-For": "198.51.100.1"}, token=None)
+        second, _, _ = await gw.post("/v1/events", event(1), headers={"X-Forwarded-For": "198.51.100.2"}, token=None)
+        assert (first, second) == (202, 429)
+    async with gateway(tokens=(), rate_limit=0.001, rate_burst=1, trusted_proxies="10.0.0.0/8") as gw:
+        first, _, _ = await gw.post("/v1/events", event(2), headers={"X-Forwarded-For": "198.51.100.1"}, token=None)
+        second, _, _ = await gw.post("/v1/events", event(3), headers={"X-Forwarded-For": "198.51.100.2"}, token=None)
+        assert (first, second) == (202, 429)  # the peer (127.0.0.1) is no trusted proxy
+    async with gateway(tokens=(), rate_limit=0.001, rate_burst=1, trusted_proxies="127.0.0.1") as gw:
+        statuses = [(await gw.post("/v1/events", event(4 + i), token=None,
+                                   headers={"X-Forwarded-For": f"6.6.6.6, 198.51.100.{i}"}))[0] for i in range(3)]
+        assert statuses == [202, 202, 202]  # behind a trusted proxy: one bucket per real client
+        again, _, _ = await gw.post("/v1/events", event(9), token=None,
+                                    headers={"X-Forwarded-For": "7.7.7.7, 198.51.100.0"})
+        assert again == 429  # a forged left-most hop does not buy a new bucket
+
+
+async def test_with_a_real_worker_control_pay_and_cancel_answer_what_the_worker_did(
+        gateway: GatewayFactory, broker: Broker, topics: dict[str, str], worker: Any,
+        redis_client: aioredis.Redis) -> None:
+    """Open → order → pay → 200 sold; another user's cancel → 409 not_owner; cancel → 200; pay after
+    cancel → 409; stock and close answer the sale's state once the worker applied them."""
+    import time
+
+    now = int(time.time() * 1000)
+    async with gateway(tokens=SCOPED, decision_timeout_ms=20_000) as gw:
+        status, body, _ = await gw.post("/v1/sales/sale-7/open", open_body(now), token=CONTROL)
+        assert status == 200, body
+        assert body["status"] == "applied" and body["sale"]["status"] == "open"
+        assert (body["sale"]["allotted"], body["sale"]["available"], body["sale"]["price"]) == (5, 5, 990)
+        assert await redis_client.sismember(keys.sale_applied("sale-7"), body["event_id"])
+        status, again, _ = await gw.post("/v1/sales/sale-7/open", open_body(now), token=CONTROL)
+        assert status == 200 and again["event_id"] == body["event_id"]  # a retry is a replay
+
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders", order_body(order_id="a", user_id="u1"))
+        assert status == 200 and body["outcome"] == "accepted"
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders/a/pay", {"user_id": "u1"})
+        assert status == 403  # paying needs the payments scope
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders/a/pay", {"amount": 990}, token=PAYMENTS)
+        assert (status, body["state"]) == (200, "sold"), body
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders/a/pay", {}, token=PAYMENTS)
+        assert (status, body["state"]) == (200, "sold")  # a retried payment is answered, not charged twice
+
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders", order_body(order_id="b", user_id="u2"))
+        assert status == 200 and body["outcome"] == "accepted"
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders/b/cancel", {"user_id": "u3"})
+        assert status == 409 and (body["error"], body["reason"]) == ("cancellation_refused", "not_owner")
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders/b/cancel", {})
+        assert status == 400 and body["errors"][0]["field"] == "user_id"
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders/b/cancel", {"user_id": "u2"})
+        assert (status, body["state"]) == (200, "cancelled"), body
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders/b/pay", {}, token=PAYMENTS)
+        assert status == 409 and (body["error"], body["reason"], body["state"]) == (
+            "payment_refused", "order_cancelled", "cancelled")
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders/a/cancel", {"user_id": "u1"})
+        assert status == 409 and body["reason"] == "already_paid"
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders/zz/pay", {}, token=PAYMENTS)
+        assert status == 409 and body["reason"] == "unknown_order"
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders", order_body(order_id="c", user_id="u1", qty=2))
+        assert status == 200 and (body["outcome"], body["reason"]) == ("rejected", "limit_exceeded")
+        status, body, _ = await gw.post("/v1/sales/sale-7/orders/c/pay", {}, token=PAYMENTS)
+        assert status == 409 and body["reason"] == "not_accepted"
+
+        status, body, _ = await gw.post("/v1/sales/sale-7/stock", {"delta": 3, "request_id": "restock-1"},
+                                        token=CONTROL)
+        assert status == 200 and (body["sale"]["allotted"], body["sale"]["available"]) == (8, 7), body
+        status, body, _ = await gw.post("/v1/sales/sale-7/stock", {"delta": 3, "request_id": "restock-1"},
+                                        token=CONTROL)
+        assert status == 200 and body["sale"]["allotted"] == 8  # the same request id: a replay
+        status, body, _ = await gw.post("/v1/sales/sale-7/stock", {"delta": 3}, token=CONTROL)
+        assert status == 400 and body["errors"][0]["field"] == "request_id"
+        status, body, _ = await gw.post("/v1/sales/sale-7/close", {}, token=CONTROL)
+        assert status == 200 and body["sale"]["status"] == "closed"
+        status, body, _ = await gw.post("/v1/sales/never/close", {}, token=CONTROL)
+        assert status == 409 and body["error"] == "unknown_sale"
+        status, body, _ = await gw.post("/v1/sales/sale-7/open", open_body(now, sku="other"), token=CONTROL)
+        assert status == 409 and body["error"] == "sku_mismatch"
+        assert gw.metric("flashsale_gateway_commands_total", command="pay", outcome="done") == 2
+        assert gw.metric("flashsale_gateway_commands_total", command="pay", outcome="refused") == 3
+        assert gw.metric("flashsale_gateway_rejected_total", reason="not_owner") == 1
+    sale = await redis_client.hgetall(keys.sale("sale-7"))
+    assert (sale[b"sold"], sale[b"paid"], sale[b"cancelled"], sale[b"reserved"]) == (b"1", b"1", b"1", b"0")

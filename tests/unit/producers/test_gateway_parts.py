@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
+from unittest import mock
+
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
 
 from flashsale.embedded import free_port
 from kernel.settings import ConfigError
 from producers.gateway.__main__ import main
 from producers.gateway.http import ApiError, Authenticator, check_content_type, client_ip, parse_json
 from producers.gateway.ratelimit import TokenBucketLimiter, retry_after_header
+from producers.gateway.scopes import DEFAULT_SCOPES, SCOPES, Principal
 from producers.gateway.settings import GatewaySettings, get_settings
 from producers.gateway.state import SoldOutCache
+from schemas.events import OUTPUT_TYPES
 
 TOKEN = "a-long-enough-token-1"
 
@@ -79,7 +86,8 @@ def test_gateway_settings() -> None:
     s = get_settings({"FLASHSALE_GATEWAY_TOKEN": f"{TOKEN}, other-token-0123456789", "FLASHSALE_GATEWAY_PORT": "0",
                       "FLASHSALE_GATEWAY_RATE_LIMIT": "50", "FLASHSALE_REDIS_URL": "redis://:pw@h:1/0",
                       "FLASHSALE_TOPIC_PREFIX": "x.", "FLASHSALE_PRODUCER_LINGER_MS": "1"})
-    assert s.token_values() == (TOKEN, "other-token-0123456789") and s.rate_burst == 100
+    assert s.credentials() == ((TOKEN, DEFAULT_SCOPES), ("other-token-0123456789", DEFAULT_SCOPES))
+    assert s.rate_burst == 100
     assert s.publisher.topic_prefix == "x." and s.publisher.linger_ms == 1
     assert TOKEN not in repr(s) and "pw" not in repr(s)
     with pytest.raises(ConfigError, match="at least 16"):
@@ -88,17 +96,53 @@ def test_gateway_settings() -> None:
         get_settings({"FLASHSALE_GATEWAY_MAX_BODY_BYTES": "10"})
 
 
+def test_token_syntax_gives_scopes_and_a_plain_token_keeps_engagement_and_orders() -> None:
+    s = get_settings({"FLASHSALE_GATEWAY_TOKEN": f"{TOKEN}, pay-token-0123456789=payments, "
+                      "host-token-0123456789=control+engagement, padded-token-012345=="})
+    assert s.credentials() == ((TOKEN, frozenset({"engagement", "orders"})),
+                               ("pay-token-0123456789", frozenset({"payments"})),
+                               ("host-token-0123456789", frozenset({"control", "engagement"})),
+                               ("padded-token-012345==", DEFAULT_SCOPES))  # base64 padding is not a scope list
+    with pytest.raises(ConfigError, match="unknown scope 'contrl'") as info:
+        get_settings({"FLASHSALE_GATEWAY_TOKEN": "long-enough-token-123=contrl"})
+    assert "long-enough-token-123" not in str(info.value)  # errors never quote a token
+    with pytest.raises(ConfigError, match="at least 16"):
+        get_settings({"FLASHSALE_GATEWAY_TOKEN": "short=control"})
+    assert get_settings({}).anonymous_scopes == ("engagement", "orders")
+    assert get_settings({"FLASHSALE_GATEWAY_ANONYMOUS_SCOPES": "control+orders"}).anonymous_scopes == (
+        "orders", "control")
+    assert get_settings({"FLASHSALE_GATEWAY_ANONYMOUS_SCOPES": "none"}).anonymous_scopes == ()
+
+
+def test_principal_refuses_outputs_always_and_types_outside_its_scopes() -> None:
+    plain = Principal("token:0", DEFAULT_SCOPES)
+    everything = Principal("token:1", frozenset(SCOPES))
+    for type_ in ("viewer.liked", "cart.added", "product.clicked", "order.placed", "order.cancelled"):
+        assert plain.refusal(type_) is None
+    for type_ in ("sale.opened", "sale.closed", "stock.adjusted"):
+        assert plain.refusal(type_) == ("missing_scope", f"{type_} needs the control scope; this caller has "
+                                                          "engagement+orders")
+    assert plain.refusal("order.paid") == ("missing_scope", "order.paid needs the payments scope; this caller "
+                                                             "has engagement+orders")
+    for type_ in OUTPUT_TYPES:
+        reason, message = everything.refusal(type_) or ("", "")
+        assert reason == "output_type" and "pipeline output" in message
+    assert Principal(None, frozenset({"payments"})).refusal("order.cancelled") is None
+
+
 def test_authenticator() -> None:
-    auth = Authenticator((TOKEN, "second-token-0123456789"))
-    assert auth.check(make_mocked_request("GET", "/", headers={"Authorization": f"Bearer {TOKEN}"})) == 0
-    assert auth.check(make_mocked_request("GET", "/", headers={"Authorization": "bearer second-token-0123456789"})) == 1
+    auth = Authenticator(((TOKEN, DEFAULT_SCOPES), ("second-token-0123456789", frozenset({"control"}))))
+    assert auth.check(make_mocked_request("GET", "/", headers={"Authorization": f"Bearer {TOKEN}"})) == Principal(
+        "token:0", DEFAULT_SCOPES)
+    assert auth.check(make_mocked_request("GET", "/", headers={"Authorization": "bearer second-token-0123456789"})
+                      ) == Principal("token:1", frozenset({"control"}))
     for header in ({}, {"Authorization": "Bearer"}, {"Authorization": f"Basic {TOKEN}"},
                    {"Authorization": f"Bearer {TOKEN[:-1]}"}):
         with pytest.raises(ApiError) as info:
             auth.check(make_mocked_request("GET", "/", headers=header))
         assert info.value.status == 401 and "WWW-Authenticate" in info.value.headers
     assert TOKEN not in repr(auth)
-    assert Authenticator(()).check(make_mocked_request("GET", "/")) is None
+    assert Authenticator(()).check(make_mocked_request("GET", "/")) == Principal(None, DEFAULT_SCOPES)
 
 
 @pytest.mark.parametrize(("ctype", "ok"), [(None, True), ("application/json", True),
@@ -121,9 +165,34 @@ def test_parse_json_and_client_ip() -> None:
         with pytest.raises(ApiError) as info:
             parse_json(raw)
         assert info.value.status == 400 and info.value.code == "malformed_json"
-    request = make_mocked_request("GET", "/", headers={"X-Forwarded-For": "10.0.0.9, 10.0.0.1"})
-    assert client_ip(request, trust_forwarded=True) == "10.0.0.9"
-    assert client_ip(request, trust_forwarded=False) != "10.0.0.9"
+
+
+def _from(peer: str, *xff: str) -> web.Request:
+    transport = mock.Mock()
+    transport.get_extra_info.return_value = (peer, 40000)
+    headers = CIMultiDict(("X-Forwarded-For", v) for v in xff)
+    return make_mocked_request("GET", "/", headers=headers, transport=transport)
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies_right_to_left() -> None:
+    """Issue 12, item 10: the client is the right-most hop that is not a trusted proxy."""
+    proxies = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert client_ip(_from("203.0.113.7", "1.2.3.4"), proxies) == "203.0.113.7"  # untrusted peer: XFF ignored
+    assert client_ip(_from("203.0.113.7", "1.2.3.4"), ()) == "203.0.113.7"  # nothing trusted
+    assert client_ip(_from("10.0.0.1", "1.2.3.4"), proxies) == "1.2.3.4"
+    # a client that prepends a forged hop is still keyed by the address the proxy saw
+    assert client_ip(_from("10.0.0.1", "6.6.6.6, 198.51.100.2, 10.0.0.5"), proxies) == "198.51.100.2"
+    assert client_ip(_from("10.0.0.1", "6.6.6.6", "198.51.100.2"), proxies) == "198.51.100.2"  # two headers
+    assert client_ip(_from("::1", "10.0.0.3, 10.0.0.2"), proxies) == "10.0.0.3"  # all trusted: the left-most
+    assert client_ip(_from("10.0.0.1"), proxies) == "10.0.0.1"
+    assert client_ip(_from("10.0.0.1", "garbage, 10.0.0.2"), proxies) == "garbage"
+    s = get_settings({"FLASHSALE_GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"})
+    assert s.proxies() == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.1/32"))
+    legacy = get_settings({"FLASHSALE_GATEWAY_TRUST_FORWARDED": "true"}).proxies()  # the old flag: loopback
+    assert client_ip(_from("127.0.0.1", "1.2.3.4"), legacy) == "1.2.3.4"
+    assert client_ip(_from("192.0.2.9", "1.2.3.4"), legacy) == "192.0.2.9"
+    with pytest.raises(ConfigError, match="FLASHSALE_GATEWAY_TRUSTED_PROXIES"):
+        get_settings({"FLASHSALE_GATEWAY_TRUSTED_PROXIES": "not-an-address"})
 
 
 def test_cli_help_and_bad_config(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
