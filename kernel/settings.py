@@ -23,6 +23,8 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from kernel.signing import OutputKeys
+
 
 class ConfigError(ValueError):
     """A FLASHSALE_* variable (or a command-line flag) holds a value that cannot be used."""
@@ -73,6 +75,9 @@ class FlashsaleSettings(BaseSettings):
     replication: int = Field(1, ge=1, le=10, description="replication factor when created (3 in production)")
     auto_create_topics: Flag = Field(True, description="create missing topics at start")
     log_level: str = Field("info", description="log level")
+    output_signing_key: SecretStr | None = Field(
+        None, description="HMAC key(s) of the workers' outputs, comma-separated, 32+ characters each: workers "
+                          "sign with the first, readers drop records no key signed; unset = not signed")
 
     @classmethod
     def settings_customise_sources(
@@ -90,6 +95,23 @@ class FlashsaleSettings(BaseSettings):
         except ConfigError:
             raise ValueError("names no host") from None
         return value
+
+    @field_validator("output_signing_key")
+    @classmethod
+    def _signing_keys_are_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        try:
+            OutputKeys.parse(value.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def output_keys(self) -> OutputKeys | None:
+        """The keys that sign (workers) and verify (readers) outputs; None when none is configured."""
+        key = self.output_signing_key
+        return None if key is None else OutputKeys.parse(key.get_secret_value())
 
     @property
     def bootstrap(self) -> str:

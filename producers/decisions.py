@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from kernel.signing import OutputKeys
 from schemas import keys
 from schemas.codec import decode_record
 from schemas.events import Event, OrderAccepted, OrderRejected
 from schemas.order_record import OrderRecordError, parse_order_record
+from schemas.topics import DECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ class DecisionWaiter:
 
     def __init__(self, bootstrap: str, topic: str, *, redis: Any | None = None, poll_interval_s: float = 0.25,
                  fetch_max_wait_ms: int = 50, remember: int = 20_000, start_timeout_s: float = 10.0,
-                 client_id: str = "flashsale-decisions") -> None:
+                 client_id: str = "flashsale-decisions", output_keys: OutputKeys | None = None) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self._redis = redis
@@ -100,6 +103,9 @@ class DecisionWaiter:
         self._remember = remember
         self._start_timeout_s = start_timeout_s
         self._client_id = client_id
+        # With keys, only records a worker signed resolve waits; the others are dropped and counted.
+        self._output_keys = output_keys
+        self.unsigned_dropped = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         # keyed by (sale_id, order_id): order ids are unique within a sale, not across sales
@@ -144,6 +150,9 @@ class DecisionWaiter:
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name=f"decisions:{self.topic}")
         logger.info("following %s (%d partitions) on %s", self.topic, len(tps), self.bootstrap)
+        if self._output_keys is None:
+            logger.warning("FLASHSALE_OUTPUT_SIGNING_KEY is not set: decisions on %s are not checked, so anyone "
+                           "who can write the topic can answer an order", self.topic)
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:
         for _ in range(200):  # bounded; the enclosing timeout bounds the time
@@ -182,9 +191,16 @@ class DecisionWaiter:
                 continue
             for records in batches.values():
                 for record in records:
-                    self._apply_record(record.value)
+                    self._apply_record(record.value, record.headers)
 
-    def _apply_record(self, value: bytes | None) -> None:
+    def _apply_record(self, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None = None) -> None:
+        """Resolve the waits a record answers; with keys, a record no worker signed is dropped."""
+        if self._output_keys is not None and not self._output_keys.verify(DECISIONS, value, headers):
+            self.unsigned_dropped += 1
+            if self.unsigned_dropped == 1 or self.unsigned_dropped % 1000 == 0:
+                logger.warning("dropped a record on %s without a valid worker signature (%d so far)",
+                               self.topic, self.unsigned_dropped)
+            return
         decoded = decode_record(value)
         for event in decoded.events:
             decision = decision_from_event(event)

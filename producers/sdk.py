@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from kernel.redis import connect
+from kernel.signing import OutputKeys
 from producers.decisions import Decision, DecisionWaiter
 from schemas.codec import encode_event
 from schemas.events import Event, OrderPlaced, ValidationError, check_event, make_event, parse_event
@@ -151,7 +152,8 @@ class Publisher:
     def __init__(self, bootstrap: str, *, topic_prefix: str = "flashsale.", acks: str | int = "all",
                  linger_ms: int = 5, compression: str | None = None, enable_idempotence: bool = False,
                  max_batch_events: int = 500, max_batch_bytes: int = 900_000, redis_url: str | None = None,
-                 redis_cluster: bool = False, timeout_s: float = 10.0, client_id: str = "flashsale-sdk") -> None:
+                 redis_cluster: bool = False, timeout_s: float = 10.0, client_id: str = "flashsale-sdk",
+                 output_keys: OutputKeys | None = None) -> None:
         if max_batch_events < 1:
             raise ValueError("max_batch_events must be >= 1")
         self.bootstrap = bootstrap
@@ -166,6 +168,7 @@ class Publisher:
             "max_batch_size": 256 * 1024, "request_timeout_ms": int(timeout_s * 1000),
         }
         self._redis_url = redis_url
+        self._output_keys = output_keys  # decisions no worker signed never answer place_order
         self._redis_cluster = redis_cluster
         self._producer: AIOKafkaProducer | None = None
         self._waiter: DecisionWaiter | None = None
@@ -177,7 +180,7 @@ class Publisher:
         return cls(s.bootstrap, topic_prefix=s.topic_prefix, acks=s.acks, linger_ms=s.linger_ms,
                    compression=s.compression, enable_idempotence=s.idempotence, max_batch_events=s.batch_events,
                    max_batch_bytes=s.batch_bytes, redis_url=s.redis_url, redis_cluster=s.redis_cluster,
-                   timeout_s=s.timeout_ms / 1000)
+                   timeout_s=s.timeout_ms / 1000, output_keys=s.output_keys)
 
     @property
     def started(self) -> bool:
@@ -289,7 +292,7 @@ class Publisher:
                 if self._redis_url is not None and self._redis is None:
                     self._redis = connect(self._redis_url, self._redis_cluster)
                 waiter = DecisionWaiter(self.bootstrap, self.names.decisions, redis=self._redis,
-                                        start_timeout_s=self.timeout_s)
+                                        start_timeout_s=self.timeout_s, output_keys=self._output_keys)
                 await waiter.start()
                 self._waiter = waiter
             return self._waiter

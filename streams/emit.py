@@ -31,6 +31,9 @@ class Record:
     # The record's Kafka timestamp (epoch ms): set by the producer (the gateway, the SDK, a principal
     # allowed to write the topic), stable under replay. The pipeline's clock; None when unknown.
     timestamp_ms: int | None = None
+    # False for an output record (order-decisions) that carries no valid worker signature while a
+    # key is configured: readers drop it (counted), never count it.
+    signature_ok: bool = True
 
 
 # How far an event's own ``ts`` (the client's clock) may stray from its record's timestamp (the

@@ -21,6 +21,9 @@ class WorkerMetrics:
         self.dead_letters = Counter(
             "flashsale_dead_letters_total", "Records routed to the dead-letter topic, by reason",
             ["reason"], registry=r)
+        self.unsigned_outputs_dropped = Counter(
+            "flashsale_unsigned_outputs_dropped_total", "Output records read without a valid signature (none, "
+            "a wrong key, a changed value) and dropped, by topic", ["topic"], registry=r)
         self.processing_latency = Histogram(
             "flashsale_processing_latency_seconds", "Event time to Redis write, per agent", ["agent"],
             buckets=LATENCY_BUCKETS, registry=r)

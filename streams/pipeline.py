@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from mode import Service
 
 from kernel.redis import AnyRedis, connect
+from kernel.signing import OutputKeys
 from schemas.topics import TopicNames
 from streams.metrics import WorkerMetrics
 from streams.settings import WorkerSettings
@@ -74,9 +75,22 @@ class Pipeline:
     decisions: Any
     alerts: Any
     dead_letter: Any
+    # Signs every record this worker produces (one HMAC per record); None: outputs go unsigned.
+    output_keys: OutputKeys | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.output_keys = self.settings.output_keys
+        if self.output_keys is None:
+            logger.warning("FLASHSALE_OUTPUT_SIGNING_KEY is not set: this worker's outputs are not signed, and "
+                           "it counts any order decision it reads (anyone who can write the topic can forge one)")
+        else:
+            logger.info("signing outputs with key %s", self.output_keys.signing_key_id)
 
     async def send(self, logical: str, key: bytes, value: bytes) -> Any:
-        """Produce to a pipeline topic; returns a future resolved when the broker acknowledges."""
+        """Produce to a pipeline topic, signed when a key is configured; returns a future resolved
+        when the broker acknowledges."""
         topic = {"order-decisions": self.decisions, "alerts": self.alerts, "dead-letter": self.dead_letter,
                  "orders": self.orders, "engagement": self.engagement}[logical]
-        return await topic.send(key=key, value=value)
+        if self.output_keys is None:
+            return await topic.send(key=key, value=value)
+        return await topic.send(key=key, value=value, headers=[self.output_keys.header(logical, value)])

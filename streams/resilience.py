@@ -64,7 +64,7 @@ async def _per_event(handle: Handler, rec: Record, exc: Exception, send: SendFn,
     failed: list[BadItem] = list(decoded.errors)  # the failed pass sent nothing, so its bad items are ours
     for i, event in enumerate(decoded.events):
         single = Record(rec.topic, rec.partition, rec.offset, encode_event(event), first_index=i,
-                        timestamp_ms=rec.timestamp_ms)
+                        timestamp_ms=rec.timestamp_ms, signature_ok=rec.signature_ok)
         try:
             await _retrying(handle, [single], metrics, agent)
         except Exception as err:

@@ -77,6 +77,9 @@ def register(p: Pipeline) -> None:
     def agent(topic: str, channel: Any) -> None:
         name = f"flashsale.counters_{NAMES[topic]}"
 
+        # order-decisions is the workers' output: with a key, only records a worker signed count
+        verify = p.output_keys.verify if topic == DECISIONS and p.output_keys is not None else None
+
         async def run(stream: Any) -> None:
             inflight: asyncio.Task[None] | None = None
             try:
@@ -84,7 +87,9 @@ def register(p: Pipeline) -> None:
                     svc = service(topic)
                     for events in chunks(batch):
                         records = [Record(topic, e.message.partition, e.message.offset, e.value,
-                                          timestamp_ms=record_time_ms(e.message)) for e in events]
+                                          timestamp_ms=record_time_ms(e.message),
+                                          signature_ok=verify is None or verify(topic, e.value, e.message.headers))
+                                   for e in events]
                         prepared: Prepared | None
                         try:
                             prepared = svc.prepare(records)

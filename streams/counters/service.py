@@ -109,7 +109,11 @@ class CountersService:
         """Decode and group a batch; no I/O, so it can run while the previous batch is in Redis."""
         out = Outbound()
         items: list[Item] = []
+        unsigned = 0
         for rec in records:
+            if not rec.signature_ok:  # not a worker's record (forged or altered): never counted
+                unsigned += 1
+                continue
             decoded = decode_record(rec.value, self.max_record_bytes)
             if self.owns_input:
                 for err in decoded.errors:
@@ -121,6 +125,9 @@ class CountersService:
             if self.fault_marker:
                 for e in decoded.events:
                     check_fault(self.fault_marker, e.event_id)
+        if unsigned:
+            self.metrics.unsigned_outputs_dropped.labels(self.topic).inc(unsigned)
+            logger.warning("%s: dropped %d records without a valid worker signature", self.agent, unsigned)
         if self.owns_input and items:
             seen = Counter(it.event.type for it in items)
             for type_, n in seen.items():

@@ -12,12 +12,15 @@ import pytest
 import yaml
 
 from flashsale.cli import COMMANDS
+from producers.gateway.settings import get_settings as gateway_settings
+from streams.settings import get_settings as worker_settings
 from tests.unit.deploy.envnames import ROOT, read_by_code, used_in
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*)|(:?\?)([^}]*))?\}")
 TEST_TOKEN = "t" * 32
+TEST_SIGNING_KEY = "s" * 40
 
 
 def interpolate(value: Any, environ: dict[str, str]) -> Any:
@@ -42,7 +45,8 @@ def compose() -> dict[str, Any]:
 
 
 def env_of(service: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, str]:
-    environ = {"FLASHSALE_GATEWAY_TOKEN": TEST_TOKEN} if environ is None else environ
+    environ = {"FLASHSALE_GATEWAY_TOKEN": TEST_TOKEN, "FLASHSALE_OUTPUT_SIGNING_KEY": TEST_SIGNING_KEY} \
+        if environ is None else environ
     return {k: str(interpolate(v, environ)) for k, v in (service.get("environment") or {}).items()}
 
 
@@ -145,6 +149,17 @@ def test_the_command_a_service_runs_exists(compose: dict[str, Any], service: str
 def test_the_gateway_refuses_to_start_without_a_token(compose: dict[str, Any]) -> None:
     with pytest.raises(KeyError, match="FLASHSALE_GATEWAY_TOKEN"):
         env_of(compose["services"]["gateway"], environ={})
+
+
+@pytest.mark.parametrize("service", ["worker", "gateway"])
+def test_workers_and_the_gateway_refuse_to_start_without_the_output_signing_key(compose: dict[str, Any],
+                                                                                service: str) -> None:
+    with pytest.raises(KeyError, match="FLASHSALE_OUTPUT_SIGNING_KEY"):
+        env_of(compose["services"][service], environ={"FLASHSALE_GATEWAY_TOKEN": TEST_TOKEN})
+    keys = {name: get_settings(env_of(compose["services"][name])).output_keys
+            for name, get_settings in (("worker", worker_settings), ("gateway", gateway_settings))}
+    assert keys["worker"] is not None and keys["gateway"] is not None
+    assert keys["worker"].signing_key_id == keys["gateway"].signing_key_id
 
 
 def test_every_flashsale_variable_is_read_by_the_code() -> None:

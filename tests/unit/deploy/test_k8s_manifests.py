@@ -169,6 +169,14 @@ def test_gateway_token_comes_from_the_secret_only() -> None:
         assert "FLASHSALE_GATEWAY_TOKEN" not in container_env(by_kind("Deployment")[name])
 
 
+def test_the_output_signing_key_comes_from_its_secret_to_workers_and_the_gateway_only() -> None:
+    assert "FLASHSALE_OUTPUT_SIGNING_KEY" not in by_kind("ConfigMap")["flashsale-config"]["data"]
+    assert len(by_kind("Secret")["flashsale-output-signing"]["stringData"]["FLASHSALE_OUTPUT_SIGNING_KEY"]) >= 32
+    for name in ("flashsale-worker", "flashsale-gateway"):
+        assert {"secretRef": {"name": "flashsale-output-signing"}} in container(by_kind("Deployment")[name])["envFrom"]
+        assert "FLASHSALE_OUTPUT_SIGNING_KEY" in container_env(by_kind("Deployment")[name])
+
+
 def test_every_flashsale_variable_in_the_manifests_is_read_by_the_code() -> None:
     known = read_by_code()
     assert {"FLASHSALE_BROKER_URL", "FLASHSALE_REDIS_URL", "FLASHSALE_WORKER_PORT"} <= known  # the scan works
