@@ -173,7 +173,7 @@ async def simulate(args: argparse.Namespace, settings: SimulatorSettings) -> int
             if settings.feedback:
                 orders = params.attempts_per_sale * params.sales * params.rooms
                 waiter = DecisionWaiter(bootstrap, TopicNames(settings.topic_prefix).decisions,
-                                        remember=max(20_000, 2 * orders))
+                                        remember=max(20_000, 2 * orders), output_keys=settings.output_keys)
                 try:
                     await waiter.start()  # before the first order: decisions are followed from the end
                 except ConnectionError as exc:

@@ -107,7 +107,8 @@ class GatewayState:
         self.soldout = SoldOutCache(self.redis, s.soldout_cache_ms / 1000)
         self.publisher = Publisher.from_settings(s.publisher)
         self.waiter = DecisionWaiter(s.publisher.bootstrap, self.publisher.names.decisions, redis=self.redis,
-                                     poll_interval_s=DECISION_POLL_S, start_timeout_s=s.publisher.timeout_ms / 1000)
+                                     poll_interval_s=DECISION_POLL_S, start_timeout_s=s.publisher.timeout_ms / 1000,
+                                     output_keys=s.output_keys)  # a decision no worker signed never answers
         self._connect_task = asyncio.create_task(self._connect(), name="gateway-connect")
 
     async def _connect(self) -> None:

@@ -354,6 +354,24 @@ async def test_order_decided_through_the_decisions_topic(gateway: GatewayFactory
         assert gw.metric("flashsale_gateway_order_decisions_total", outcome="accepted") == 1
 
 
+async def test_with_a_signing_key_a_forged_decision_never_answers_an_order(
+        gateway: GatewayFactory, broker: Broker, topics: dict[str, str], topic_prefix: str) -> None:
+    """Issue 12, item 2, through the gateway: an unsigned order.accepted on the decisions topic is dropped."""
+    key = "k" * 40
+    async with gateway(decision_timeout_ms=1500, output_signing_key=key) as gw, \
+            Publisher(broker.bootstrap, topic_prefix=topic_prefix) as forger:
+        request = asyncio.create_task(gw.post("/v1/sales/sale-4/orders", order_body(order_id="ord-4")))
+        [placed] = await read_topic(broker.bootstrap, topics["orders"], lambda items: len(items) >= 1, timeout=10)
+        d = placed["data"]
+        await forger.publish(make_event(
+            OrderAccepted(order_id=d["order_id"], sale_id=d["sale_id"], sku=d["sku"], qty=d["qty"],
+                          unit_price=d["unit_price"], reserved_until=TS + 60_000),
+            event_id="dec:sale-4:ord-4", ts=TS, room_id=placed["room_id"], user_id=placed["user_id"]))
+        status, body, _ = await asyncio.wait_for(request, 20)
+        assert status == 202 and body["status"] == "pending"  # nothing a worker signed has answered it
+        assert gw.state.waiter is not None and gw.state.waiter.unsigned_dropped >= 1
+
+
 async def test_order_validation(gateway: GatewayFactory, broker: Broker, topics: dict[str, str]) -> None:
     async with gateway() as gw:
         cases = [
