@@ -1,4 +1,4 @@
-"""The JSON read API over the read model: rooms, room snapshot, sale view, funnel."""
+"""The JSON read API over the read model: rooms, room snapshot, sale view, funnel; room-scoped by token."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from consumers import readmodel
+from consumers import access, readmodel
 from schemas.events import CHANNELS, MAX_ID_LEN
 
 MAX_ROOMS: Final = 500
@@ -33,6 +33,8 @@ def _id(request: web.Request, name: str) -> str | None:
 
 
 async def rooms(request: web.Request) -> web.Response:
+    if (refused := access.refusal(request, None)) is not None:  # the room list: host tokens only
+        return refused
     try:
         limit = int(request.query.get("limit", "50"))
     except ValueError:
@@ -46,6 +48,8 @@ async def snapshot(request: web.Request) -> web.Response:
     room_id = _id(request, "room_id")
     if room_id is None:
         return _error(400, "bad room id")
+    if (refused := access.refusal(request, room_id)) is not None:
+        return refused
     body = await readmodel.room_snapshot(request.app["redis"], room_id, _now_ms())
     if body is None:
         return _error(404, f"unknown room {room_id!r}")
@@ -56,7 +60,16 @@ async def sale(request: web.Request) -> web.Response:
     sale_id = _id(request, "sale_id")
     if sale_id is None:
         return _error(400, "bad sale id")
+    host_only = access.refusal(request, None)  # None: a host token, every sale is open
+    if host_only is not None and host_only.status == 401:
+        return host_only
     body = await readmodel.sale_view(request.app["redis"], sale_id, _now_ms())
+    if host_only is not None:
+        # A room token: the sale's own room decides. Unknown and foreign sales get the same 403, so
+        # one room's link cannot probe which sale ids exist elsewhere.
+        own = access.refusal(request, str(body.get("room_id"))) if body is not None else None
+        if body is None or own is not None:
+            return access.json_refusal(access.Refused(403, f"sale {sale_id!r} is not in this token's room"))
     if body is None:
         return _error(404, f"unknown sale {sale_id!r}")
     return _json(body)
@@ -66,6 +79,8 @@ async def funnel(request: web.Request) -> web.Response:
     room_id = _id(request, "room_id")
     if room_id is None:
         return _error(400, "bad room id")
+    if (refused := access.refusal(request, room_id)) is not None:
+        return refused
     channel = request.query.get("channel") or None
     if channel == "all":
         channel = None
@@ -80,8 +95,20 @@ async def funnel(request: web.Request) -> web.Response:
     return _json(await readmodel.room_funnel(redis, room_id, channel, _now_ms(), sku))
 
 
+async def whoami(request: web.Request) -> web.Response:
+    """What the presented token opens (the page asks when its stream is refused)."""
+    grant = request.get(access.GRANT)
+    if grant is None:
+        return access.json_refusal(access.Refused(401, "a dashboard token is required"))
+    return _json({"room_id": grant.room_id, "all_rooms": grant.room_id is None,
+                  "expires_at_ms": grant.expires_at * 1000})
+
+
 def add_api_routes(app: web.Application) -> None:
-    """GET /api/rooms, /api/rooms/{room_id}/snapshot, /api/sales/{sale_id}, /api/rooms/{room_id}/funnel."""
+    """GET /api/rooms, /api/rooms/{room_id}/snapshot, /api/sales/{sale_id}, /api/rooms/{room_id}/funnel,
+    /api/access. Every answer needs the grant ``consumers.access.middleware`` leaves on the request:
+    an app that mounts these routes without it answers 401 to everything."""
+    app.router.add_get("/api/access", whoami)
     app.router.add_get("/api/rooms", rooms)
     app.router.add_get("/api/rooms/{room_id}/snapshot", snapshot)
     app.router.add_get("/api/sales/{sale_id}", sale)

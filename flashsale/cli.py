@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("streams.__main__", "run a stream worker (Faust agents)"),
     "gateway": ("producers.gateway.__main__", "run the HTTP ingest gateway"),
     "dashboard": ("consumers.dashboard.__main__", "run the dashboard and read API server"),
+    "dashboard-link": ("consumers.dashboard.links", "print a signed dashboard link for a room (or every room)"),
     "simulate": ("producers.simulator", "publish a simulated live sale"),
     "audit": ("flashsale.audit", "recompute every sale from the Kafka log and compare with Redis"),
     "topics": ("flashsale.topics_cmd", "create the pipeline's topics"),
@@ -21,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     lines = ["usage: flashsale COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += [
         "",
         "Run 'flashsale COMMAND --help' for a command's options.",

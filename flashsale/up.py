@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -12,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from consumers.access import Signer
+from consumers.dashboard.links import link
 from consumers.dashboard.settings import get_settings as dashboard_settings
 from flashsale.embedded import ManagedProcess, StackError, free_port, python_module, start_redis, start_tansu
 from kernel.kafka_admin import ensure_topics
@@ -19,6 +22,8 @@ from kernel.settings import ConfigError
 from producers.gateway.settings import get_settings as gateway_settings
 from producers.simulation.settings import get_settings as simulator_settings
 from streams.settings import get_settings as worker_settings
+
+DASHBOARD_LINK_S = 12 * 3600
 
 
 def _port(preferred: int) -> int:
@@ -78,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:  # every process's settings, checked before anything starts (broker and Redis URLs are set below)
         settings = worker_settings(os.environ)
-        gateway_settings(os.environ), dashboard_settings(os.environ), simulator_settings(os.environ)
+        gateway_settings(os.environ), simulator_settings(os.environ)
+        dashboard = dashboard_settings(os.environ)
     except ConfigError as exc:
         print(f"flashsale up: {exc}", file=sys.stderr)
         return 2
@@ -116,21 +122,31 @@ def main(argv: list[str] | None = None) -> int:
                                 env={**env, "FLASHSALE_GATEWAY_PORT": str(gport)})
         procs.append(gateway)
         _say(f"starting dashboard on 127.0.0.1:{dport}")
-        dashboard = python_module("consumers.dashboard", [], logs, "dashboard",
-                                  env={**env, "FLASHSALE_DASHBOARD_PORT": str(dport)})
-        procs.append(dashboard)
+        # The dashboard is never open: it runs with the configured key, else one made here for this run,
+        # and the link printed below is signed with it.
+        key = dashboard.key.get_secret_value() if dashboard.key is not None else secrets.token_urlsafe(32)
+        dashboard_proc = python_module("consumers.dashboard", [], logs, "dashboard",
+                                       env={**env, "FLASHSALE_DASHBOARD_PORT": str(dport),
+                                            "FLASHSALE_DASHBOARD_KEY": key})
+        procs.append(dashboard_proc)
         for i, wport in enumerate(worker_ports):
             _wait_http(f"http://127.0.0.1:{wport}/readyz", procs[2 + i], 60)
         _say(f"workers ready in {time.monotonic() - started:.1f}s")
         _wait_http(f"http://127.0.0.1:{gport}/healthz", gateway, 30)
-        _wait_http(f"http://127.0.0.1:{dport}/healthz", dashboard, 30)
+        _wait_http(f"http://127.0.0.1:{dport}/healthz", dashboard_proc, 30)
         sim = None
         if not args.no_simulate:
             _say("starting the simulated live sale (flashsale simulate " + args.simulate_args + ")")
             sim = python_module("producers.simulator", args.simulate_args.split(), logs, "simulator", env=env)
             procs.append(sim)
         print(flush=True)
-        _say(f"dashboard:  http://127.0.0.1:{dport}/")
+        base = f"http://127.0.0.1:{dport}"
+        signer = Signer(key.encode())
+        _say(f"dashboard:  {link(base, signer, None, DASHBOARD_LINK_S)}")
+        if sim is not None:  # the simulator's rooms are room-1, room-2, ...
+            _say(f"room-1:     {link(base, signer, 'room-1', DASHBOARD_LINK_S)}")
+        _say(f"            (links valid {DASHBOARD_LINK_S // 3600} h; more: flashsale dashboard-link --room ROOM "
+             f"with FLASHSALE_DASHBOARD_KEY set)")
         _say(f"gateway:    http://127.0.0.1:{gport}/v1/events")
         _say("metrics:    " + ", ".join(f"http://127.0.0.1:{p}/metrics" for p in worker_ports))
         _say(f"logs:       {logs}")

@@ -3,7 +3,8 @@
 A room's feed reads Redis once per tick, however many pages watch it (plus one funnel read per
 channel in use), encodes the payload once per channel and hands the same bytes to every
 subscriber. A subscriber holds at most one pending frame: a slow reader skips to the newest
-payload instead of queueing, so memory stays bounded whatever the viewers do.
+payload instead of queueing, so memory stays bounded whatever the viewers do. A page opened
+with one room's token gets the room list cut down to that room (a second frame variant per channel).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Final, Protocol
 import orjson
 from aiohttp import web
 
+from consumers import access
 from consumers.dashboard.metrics import DashboardMetrics
 from consumers.dashboard.settings import CHANNEL_CHOICES
 
@@ -42,11 +44,12 @@ class Source(Protocol):
 class Subscriber:
     """One open page: a single-slot mailbox holding the newest frame it has not written yet."""
 
-    __slots__ = ("room_id", "channel", "_frame", "_ready", "closed")
+    __slots__ = ("room_id", "channel", "all_rooms", "_frame", "_ready", "closed")
 
-    def __init__(self, room_id: str, channel: str) -> None:
+    def __init__(self, room_id: str, channel: str, all_rooms: bool = True) -> None:
         self.room_id = room_id
         self.channel = channel
+        self.all_rooms = all_rooms  # may see the whole room list (a host token)
         self._frame: bytes | None = None
         self._ready = asyncio.Event()
         self.closed = False
@@ -82,11 +85,14 @@ class RoomFeed:
     def __init__(self, room_id: str) -> None:
         self.room_id = room_id
         self.subscribers: set[Subscriber] = set()
-        self.frames: dict[str, bytes] = {}  # channel → newest frame, for pages that join between ticks
+        self.frames: dict[Variant, bytes] = {}  # newest frame per variant, for pages that join between ticks
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.seq = 0
         self.idle_since: float | None = None
+
+
+Variant = tuple[str, bool]  # (channel, sees every room)
 
 
 def sse_frame(event: str, data: bytes, seq: int) -> bytes:
@@ -120,10 +126,10 @@ class LiveHub:
     def feed_count(self) -> int:
         return len(self._feeds)
 
-    def subscribe(self, room_id: str, channel: str = ALL) -> Subscriber:
+    def subscribe(self, room_id: str, channel: str = ALL, all_rooms: bool = True) -> Subscriber:
         if self._closed:
             raise RuntimeError("the live hub is closed")
-        sub = Subscriber(room_id, channel)
+        sub = Subscriber(room_id, channel, all_rooms)
         feed = self._feeds.get(room_id)
         if feed is None:
             feed = self._feeds[room_id] = RoomFeed(room_id)
@@ -132,7 +138,7 @@ class LiveHub:
         was_idle = not feed.subscribers
         feed.subscribers.add(sub)
         feed.idle_since = None
-        cached = feed.frames.get(channel)
+        cached = feed.frames.get((channel, all_rooms))
         if cached is not None:
             sub.offer(cached)
         if cached is None or was_idle:
@@ -151,7 +157,7 @@ class LiveHub:
         self._metrics.connections.set(self.connections)
         if not feed.subscribers:
             feed.idle_since = time.monotonic()
-            feed.frames = {k: v for k, v in feed.frames.items() if k == ALL}
+            feed.frames = {k: v for k, v in feed.frames.items() if k[0] == ALL}
 
     async def close(self) -> None:
         """Close every stream (handlers return) and stop every feed task."""
@@ -204,7 +210,8 @@ class LiveHub:
         started = time.perf_counter()
         now_ms = int(self._clock() * 1000)
         feed.seq += 1
-        channels = {s.channel for s in feed.subscribers} or {ALL}
+        variants = {(s.channel, s.all_rooms) for s in feed.subscribers} or {(ALL, True)}
+        channels = {ch for ch, _ in variants}
         try:
             rooms = await self._room_list(now_ms)
             snapshot = await self._source.snapshot(feed.room_id, now_ms)
@@ -219,27 +226,28 @@ class LiveHub:
             logger.warning("live snapshot of room %s failed: %s", feed.room_id, exc)
             data = orjson.dumps({"type": "status", "room_id": feed.room_id, "server_ms": now_ms,
                                  "error": "data source unavailable"})
-            self._fan_out(feed, {ch: sse_frame("status", data, feed.seq) for ch in channels}, cache=False)
+            self._fan_out(feed, {v: sse_frame("status", data, feed.seq) for v in variants}, cache=False)
             return
+        own_room = [r for r in rooms if r.get("room_id") == feed.room_id]
         frames = {}
-        for ch in channels:
+        for ch, all_rooms in variants:
             payload = {
                 "type": "snapshot", "seq": feed.seq, "room_id": feed.room_id, "channel": ch,
                 "server_ms": now_ms, "pushed_ms": int(self._clock() * 1000),
                 "interval_ms": int(self.interval_s * 1000), "currency": self._currency,
-                "snapshot": snapshot, "funnel": funnels.get(ch), "rooms": rooms,
+                "snapshot": snapshot, "funnel": funnels.get(ch), "rooms": rooms if all_rooms else own_room,
             }
-            frames[ch] = sse_frame("snapshot", orjson.dumps(payload), feed.seq)
+            frames[(ch, all_rooms)] = sse_frame("snapshot", orjson.dumps(payload), feed.seq)
         self._fan_out(feed, frames, cache=True)
         self._metrics.ticks.inc()
         self._metrics.push_duration.observe(time.perf_counter() - started)
 
-    def _fan_out(self, feed: RoomFeed, frames: dict[str, bytes], cache: bool) -> None:
+    def _fan_out(self, feed: RoomFeed, frames: dict[Variant, bytes], cache: bool) -> None:
         if cache:
             feed.frames.update(frames)
         pushed = dropped = 0
         for sub in feed.subscribers:
-            frame = frames.get(sub.channel)
+            frame = frames.get((sub.channel, sub.all_rooms))
             if frame is None:
                 continue
             dropped += sub.offer(frame)
@@ -265,7 +273,8 @@ def parse_channel(raw: str | None) -> str | None:
 
 def make_live_handler(get_hub: Callable[[web.Request], LiveHub], max_connections: int,
                       metrics: DashboardMetrics) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The ``GET /live/rooms/{room_id}?channel=`` handler: an endless text/event-stream."""
+    """The ``GET /live/rooms/{room_id}?channel=`` handler: a text/event-stream that ends when the
+    token does (the page then learns it expired); the grant comes from ``consumers.access.middleware``."""
 
     async def live(request: web.Request) -> web.StreamResponse:
         hub = get_hub(request)
@@ -275,6 +284,9 @@ def make_live_handler(get_hub: Callable[[web.Request], LiveHub], max_connections
             return web.json_response({"error": "room id must be 1-128 characters"}, status=400)
         if channel is None:
             return web.json_response({"error": f"channel must be one of {', '.join(CHANNELS)}"}, status=400)
+        if (refused := access.refusal(request, room_id)) is not None:
+            return refused
+        grant = request[access.GRANT]
         if hub.closed:
             return web.json_response({"error": "shutting down"}, status=503, headers={"Retry-After": "2"})
         if hub.connections >= max_connections:
@@ -285,11 +297,14 @@ def make_live_handler(get_hub: Callable[[web.Request], LiveHub], max_connections
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-transform",
             "X-Accel-Buffering": "no"})
         await resp.prepare(request)
-        sub = hub.subscribe(room_id, channel)
+        sub = hub.subscribe(room_id, channel, all_rooms=grant.room_id is None)
         try:
             await resp.write(b"retry: %d\n\n" % RETRY_MS)
             while True:
-                frame = await sub.next(max(5.0, hub.interval_s * 5))
+                left_s = grant.expires_at - time.time()
+                if left_s <= 0:
+                    break  # the token expired: end the stream, the reconnect is refused with 401
+                frame = await sub.next(min(max(5.0, hub.interval_s * 5), left_s))
                 if frame is None:
                     break
                 await resp.write(frame or b": keepalive\n\n")

@@ -1,18 +1,21 @@
-"""The dashboard's aiohttp app: page, static assets, live SSE, read API, metrics, health."""
+"""The dashboard's aiohttp app: page, static assets, live SSE, read API (room-scoped by token), metrics, health."""
 
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
+import secrets
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from consumers import readmodel
+from consumers import access, readmodel
 from consumers.api import add_api_routes
 from consumers.dashboard.live import LiveHub, make_live_handler
 from consumers.dashboard.metrics import DashboardMetrics
@@ -30,6 +33,7 @@ CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 
 SETTINGS: Final = web.AppKey("dashboard_settings", DashboardSettings)
 METRICS: Final = web.AppKey("dashboard_metrics", DashboardMetrics)
 HUB: Final = web.AppKey("dashboard_hub", LiveHub)
+SIGNER: Final = web.AppKey("dashboard_signer", access.Signer)
 REDIS_KEY: Final = "redis"  # the agreed key consumers.api reads: app["redis"]
 
 
@@ -62,12 +66,39 @@ def _set_redis(app: web.Application, client: Any) -> None:
 
 async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    if request.path == "/" or request.path.startswith("/static/"):
+    response.headers["Referrer-Policy"] = "no-referrer"  # page URLs carry the token
+    if request.path == "/" or request.path.startswith(("/static/", "/rooms/")):
         response.headers["Content-Security-Policy"] = CSP
         response.headers["Cache-Control"] = "no-cache"  # revalidate (304) so a deploy shows up at once
 
 
+def _refusal_page(exc: access.Refused) -> web.Response:
+    """What a browser shows for a missing, bad, expired or other-room link: a page, not JSON."""
+    title = "Access denied" if exc.status == 403 else "A dashboard link is needed"
+    body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            f'content="width=device-width, initial-scale=1"><title>flashsale live: {title}</title>'
+            f'<link rel="stylesheet" href="/static/app.css"></head><body><main id="main">'
+            f'<section class="empty" data-testid="access-refused" data-status="{exc.status}"><h1>{title}</h1>'
+            f'<p>{html.escape(exc.message)}.</p><p>The host opens the dashboard with a link made by '
+            f'<code>flashsale dashboard-link --room ROOM</code> (or printed by <code>flashsale up</code>).</p>'
+            f'</section></main></body></html>')
+    headers = {"Cache-Control": "no-store"}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="flashsale-dashboard"'
+    return web.Response(text=body, status=exc.status, content_type="text/html", headers=headers)
+
+
 async def index(request: web.Request) -> web.StreamResponse:
+    """``/?t=`` (``&room=``) and ``/rooms/{room_id}?t=``: the page, once the link opens the room."""
+    room_id = request.match_info.get("room_id") or request.query.get("room") or None
+    try:
+        grant = access.grant_for(request.app[SIGNER], request)
+        if room_id is None and grant.room_id is not None:  # one room's link on /: go to its page
+            raise web.HTTPFound(f"/rooms/{quote(grant.room_id, safe='')}?{request.query_string}")
+        if room_id is not None:
+            access.check(grant, room_id)
+    except access.Refused as exc:
+        return _refusal_page(exc)
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
@@ -104,10 +135,22 @@ async def _close_redis(app: web.Application) -> None:
     await app[REDIS_KEY].aclose()
 
 
+def signer_for(settings: DashboardSettings) -> access.Signer:
+    """The configured key's signer; without one, a random key: nothing is open by accident, and no
+    link made elsewhere opens this process."""
+    if settings.key is not None:
+        return access.Signer(settings.key.get_secret_value().encode())
+    logger.warning("FLASHSALE_DASHBOARD_KEY is not set: using a random key, so only links minted by this "
+                   "process open the dashboard; set the key to mint links with 'flashsale dashboard-link'")
+    return access.Signer(secrets.token_bytes(32))
+
+
 def create_app(settings: DashboardSettings, registry: CollectorRegistry | None = None) -> web.Application:
     """Build the app; no I/O here: Redis connects on first use, room feeds start with their first viewer."""
-    app = web.Application()
+    signer = signer_for(settings)
+    app = web.Application(middlewares=[access.middleware(signer)])
     app[SETTINGS] = settings
+    app[SIGNER] = signer
     app[METRICS] = DashboardMetrics(registry)
     client = connect_redis(settings)
     _set_redis(app, client)
@@ -120,6 +163,7 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
     app.on_cleanup.append(_close_redis)
     live = make_live_handler(lambda request: request.app[HUB], settings.max_connections, app[METRICS])
     app.router.add_get("/", index)
+    app.router.add_get("/rooms/{room_id:.+}", index)
     app.router.add_get("/live/rooms/{room_id:.+}", live)  # room ids may hold any character
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", healthz)

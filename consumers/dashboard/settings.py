@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from kernel.settings import FlashsaleSettings
 
 CHANNEL_CHOICES = ("live_room", "community_group", "mini_program", "share_link")
+Key = Annotated[SecretStr, Field(min_length=16)]
 
 
 class DashboardSettings(FlashsaleSettings):
@@ -25,6 +26,8 @@ class DashboardSettings(FlashsaleSettings):
                                      description="keep computing a room this long after its last viewer leaves")
     currency: str = Field("CNY", validation_alias="FLASHSALE_DASHBOARD_CURRENCY",
                           description="currency shown for minor-unit amounts")
+    key: Key | None = Field(None, validation_alias="FLASHSALE_DASHBOARD_KEY",
+                            description="HMAC key of dashboard links, 16+ characters; unset = a random key per start")
 
     @field_validator("currency", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 Broker and Redis are the session fixtures; the worker, the dashboard and the simulator run as
 processes; the page is driven by Playwright on Debian's chromium (never a downloaded browser).
+The page is opened the way a host opens it: with a signed link (room-scoped, or a host link).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from consumers import readmodel
+from consumers.access import Signer
 from flashsale.embedded import ManagedProcess, free_port, python_module
 from schemas import keys as rk
 from tests.harness.workers import WorkerHandle
@@ -31,6 +33,8 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-b
 ROOM = "room-1"  # the simulator's first room
 SOLD_OUT_WAIT_MS = 120_000
 SETTLE_S = 60.0
+KEY = "e2e-dashboard-key-0123456789abcdef"
+SIGNER = Signer(KEY.encode())
 
 
 def wait_http(url: str, proc: ManagedProcess, limit_s: float) -> None:
@@ -50,10 +54,16 @@ def wait_http(url: str, proc: ManagedProcess, limit_s: float) -> None:
 class Dashboard:
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.port = free_port()
-        self.env = {**os.environ, **env, "FLASHSALE_DASHBOARD_PORT": str(self.port)}
+        self.env = {**os.environ, **env, "FLASHSALE_DASHBOARD_PORT": str(self.port), "FLASHSALE_DASHBOARD_KEY": KEY}
         self.log_dir = log_dir
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = self.start()
+
+    def room_link(self, room: str) -> str:
+        return f"{self.url}/rooms/{room}?t={SIGNER.mint(room, 3600)}"
+
+    def host_link(self) -> str:
+        return f"{self.url}/?t={SIGNER.mint(None, 3600)}"
 
     def start(self) -> ManagedProcess:
         proc = python_module("consumers.dashboard", [], self.log_dir, "dashboard", env=self.env)
@@ -102,7 +112,7 @@ async def test_dashboard_follows_a_simulated_sale(worker: WorkerHandle, dashboar
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and console["watch"] else None)
 
     # Before any event: the room shows the empty state, not an error page.
-    await page.goto(f"{dashboard.url}/?room={ROOM}")
+    await page.goto(dashboard.room_link(ROOM))
     await page.wait_for_selector('[data-testid="empty-state"]', state="visible", timeout=15_000)
     assert f"No live data for room {ROOM} yet" in await page.inner_text('[data-testid="empty-state"]')
 
@@ -158,18 +168,31 @@ async def test_dashboard_follows_a_simulated_sale(worker: WorkerHandle, dashboar
     phone = await browser.new_page(viewport={"width": 360, "height": 740}, device_scale_factor=2)
     phone.on("pageerror", lambda exc: errors.append(str(exc)))
     phone.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and console["watch"] else None)
-    await phone.goto(f"{dashboard.url}/")  # no room in the URL: the most recently active one
+    host = dashboard.host_link()
+    await phone.goto(host)  # a host link, no room in the URL: the most recently active one
     await phone.wait_for_selector(f'[data-testid="sale-{sale_id}-card"]', timeout=15_000)
-    assert phone.url.endswith(f"?room={ROOM}")
+    assert phone.url == host.replace("/?t=", f"/rooms/{ROOM}?t=")
     width = await phone.evaluate("document.documentElement.scrollWidth")
     assert width <= 360, f"the page scrolls sideways on a phone ({width}px)"
     await phone.screenshot(path=str(artifacts_dir / "dashboard-phone.png"), full_page=True)
 
     # An unknown room: a clear empty state, never an error page.
-    await phone.goto(f"{dashboard.url}/?room=no-such-room")
+    await phone.goto(host.replace("/?t=", "/rooms/no-such-room?t="))
     await phone.wait_for_selector('[data-testid="empty-state"]', state="visible", timeout=15_000)
     assert "No live data for room no-such-room yet" in await phone.inner_text('[data-testid="empty-state"]')
     await phone.screenshot(path=str(artifacts_dir / "dashboard-empty.png"))
+
+    # Without a link, with an expired one or with another room's, the browser gets a page that says what to do.
+    expired = Signer(KEY.encode(), clock=lambda: time.time() - 7200).mint(ROOM, 3600)
+    for url, status in [(f"{dashboard.url}/rooms/{ROOM}", "401"),
+                        (f"{dashboard.url}/rooms/{ROOM}?t={expired}", "401"),
+                        (f"{dashboard.url}/rooms/room-2?t={SIGNER.mint(ROOM, 3600)}", "403")]:
+        console["watch"] = False  # the refused document itself logs a console error
+        await phone.goto(url)
+        refused = phone.locator('[data-testid="access-refused"]')
+        assert await refused.get_attribute("data-status") == status
+        assert "flashsale dashboard-link" in await refused.inner_text()
+    console["watch"] = True
 
     assert errors == []
 
@@ -264,7 +287,7 @@ async def test_page_does_not_grow_over_many_pushes(redis_server: Any, browser: A
     from consumers.dashboard.server import HUB, METRICS, create_app
     from consumers.dashboard.settings import DashboardSettings
 
-    app = create_app(DashboardSettings(redis_url=redis_server.url, push_interval_s=0.05),
+    app = create_app(DashboardSettings(redis_url=redis_server.url, push_interval_s=0.05, key=KEY),
                      registry=CollectorRegistry())
     app[HUB] = LiveHub(ChangingSource(), app[METRICS], interval_s=0.05, idle_grace_s=0.0)
     server = TestServer(app, host="127.0.0.1")
@@ -275,7 +298,7 @@ async def test_page_does_not_grow_over_many_pushes(redis_server: Any, browser: A
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         cdp = await page.context.new_cdp_session(page)
         await cdp.send("Performance.enable")
-        await page.goto(str(server.make_url("/?room=room-1")))
+        await page.goto(str(server.make_url(f"/rooms/room-1?t={SIGNER.mint('room-1', 3600)}")))
         await page.wait_for_selector('[data-testid="conn-status"][data-state="live"]', timeout=15_000)
         channels = ["all", "live_room", "community_group", "mini_program", "share_link"]
         await page.wait_for_timeout(10_000)  # warm up: every pool and card created, JIT settled
@@ -301,3 +324,28 @@ async def test_page_does_not_grow_over_many_pushes(redis_server: Any, browser: A
     # Leaked detached cards (60 nodes each, one every 40 pushes) would add thousands.
     assert end["Nodes"] <= base["Nodes"] * 1.25
     assert end["JSHeapUsedSize"] <= base["JSHeapUsedSize"] * 1.5 + 2_000_000
+
+
+async def test_an_expiring_link_tells_the_viewer_instead_of_reconnecting(redis_server: Any, browser: Any) -> None:
+    """The stream ends with its token; the page asks /api/access, learns why and stops retrying."""
+    from aiohttp.test_utils import TestServer
+    from prometheus_client import CollectorRegistry
+
+    from consumers.dashboard.live import LiveHub
+    from consumers.dashboard.server import HUB, METRICS, create_app
+    from consumers.dashboard.settings import DashboardSettings
+
+    app = create_app(DashboardSettings(redis_url=redis_server.url, push_interval_s=0.2, key=KEY),
+                     registry=CollectorRegistry())
+    app[HUB] = LiveHub(ChangingSource(), app[METRICS], interval_s=0.2, idle_grace_s=0.0)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        page = await browser.new_page()
+        await page.goto(str(server.make_url(f"/rooms/room-1?t={SIGNER.mint('room-1', 4)}")))
+        await page.wait_for_selector('[data-testid="conn-status"][data-state="live"]', timeout=15_000)
+        await page.wait_for_selector('[data-testid="empty-state"]', state="visible", timeout=20_000)
+        assert "token expired" in await page.inner_text('[data-testid="empty-state"]')
+        assert await page.inner_text('[data-testid="conn-status"]') == "Link expired"
+    finally:
+        await server.close()

@@ -1,8 +1,11 @@
-"""The dashboard server through aiohttp's test client, against the real redis-server fixture."""
+"""The dashboard server through aiohttp's test client, against the real redis-server fixture: the
+page, the live feed and the read API, each opened only by a signed link for its room (or every room)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +18,8 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from consumers.dashboard.server import STATIC_DIR, create_app
+from consumers.access import Signer
+from consumers.dashboard.server import SIGNER, STATIC_DIR, create_app
 from consumers.dashboard.settings import DashboardSettings
 from flashsale.embedded import free_port
 from schemas import keys as rk
@@ -34,16 +38,30 @@ from tests.harness.redis_server import RedisServer
 pytestmark = pytest.mark.integration
 
 WAIT_S = 10.0
+KEY = "dashboard-test-key-0123456789abcdef"
+KEYED = Signer(KEY.encode())
+HOST_TOKEN = KEYED.mint(None, 3600)  # every room and the room list
+BEARER = {"Authorization": f"Bearer {HOST_TOKEN}"}
 
 
 def settings_for(redis_url: str, **kw: Any) -> DashboardSettings:
-    opts: dict[str, Any] = {"redis_url": redis_url, "push_interval_s": 0.1, "idle_room_grace_s": 0.0}
+    opts: dict[str, Any] = {"redis_url": redis_url, "push_interval_s": 0.1, "idle_room_grace_s": 0.0,
+                            "key": KEY}
     opts.update(kw)
     return DashboardSettings(**opts)
 
 
 @pytest.fixture
 async def client(redis_server: RedisServer, redis_client: aioredis.Redis) -> AsyncIterator[TestClient[Any, Any]]:
+    """A client that sends a host token with every request."""
+    app = create_app(settings_for(redis_server.url), registry=CollectorRegistry())
+    async with TestClient(TestServer(app, host="127.0.0.1"), headers=BEARER) as c:
+        yield c
+
+
+@pytest.fixture
+async def anon(redis_server: RedisServer, redis_client: aioredis.Redis) -> AsyncIterator[TestClient[Any, Any]]:
+    """A client that sends no token unless a test gives one."""
     app = create_app(settings_for(redis_server.url), registry=CollectorRegistry())
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
         yield c
@@ -130,7 +148,7 @@ async def test_bad_requests(client: TestClient[Any, Any]) -> None:
 
 async def test_connection_limit(redis_server: RedisServer, redis_client: aioredis.Redis) -> None:
     app = create_app(settings_for(redis_server.url, max_connections=2), registry=CollectorRegistry())
-    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+    async with TestClient(TestServer(app, host="127.0.0.1"), headers=BEARER) as c:
         first, second = await c.get("/live/rooms/a"), await c.get("/live/rooms/b")
         await sse_events(first, 1)
         await sse_events(second, 1)
@@ -252,7 +270,7 @@ async def test_many_viewers_do_not_multiply_redis_reads(client: TestClient[Any, 
 
 async def test_shutdown_closes_live_streams(redis_server: RedisServer, redis_client: aioredis.Redis) -> None:
     app = create_app(settings_for(redis_server.url), registry=CollectorRegistry())
-    client = TestClient(TestServer(app, host="127.0.0.1"))
+    client = TestClient(TestServer(app, host="127.0.0.1"), headers=BEARER)
     await client.start_server()
     try:
         streams = [await client.get(f"/live/rooms/r{i % 2}") for i in range(4)]
@@ -265,3 +283,156 @@ async def test_shutdown_closes_live_streams(redis_server: RedisServer, redis_cli
         await closing
     finally:
         await client.close()
+
+
+# ---- read-side access (issue 12, item 11) --------------------------------------------------------
+
+ROOM_PATHS = ("/api/rooms/{room}/snapshot", "/api/rooms/{room}/funnel", "/live/rooms/{room}")
+
+
+def forged_for(token: str, room: str) -> str:
+    """``token`` with its room bytes replaced: the tag no longer matches."""
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    return base64.urlsafe_b64encode(raw[:26] + room.encode()).rstrip(b"=").decode()
+
+
+async def refused(resp: ClientResponse, status: int) -> str:
+    assert resp.status == status, (resp.url, resp.status)
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    if status == 401:
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    return str(body["error"])
+
+
+@pytest.fixture
+async def two_rooms(redis_client: aioredis.Redis) -> None:
+    await seed_room(redis_client, "room-a", "s-a", allotment=5, orders=3, viewers=4)
+    await seed_room(redis_client, "room-b", "s-b", allotment=5, orders=2, viewers=3)
+
+
+async def test_without_a_valid_token_the_api_and_the_stream_refuse_with_401(
+        anon: TestClient[Any, Any], two_rooms: None) -> None:
+    other_key = Signer(b"another-key-of-another-dashboard").mint("room-a", 3600)
+    garbage = ["", "x", "!!!!", "A" * 600, other_key, forged_for(KEYED.mint("room-b", 3600), "room-a")]
+    paths = ["/api/rooms", "/api/sales/s-a", "/api/access"] + [p.format(room="room-a") for p in ROOM_PATHS]
+    for path in paths:
+        assert "token is required" in await refused(await anon.get(path), 401)
+        for bad in garbage:
+            resp = await anon.get(path, headers={"Authorization": f"Bearer {bad}"} if bad else {})
+            await refused(resp, 401)
+            await refused(await anon.get(path, params={"t": bad}), 401)
+
+
+async def test_a_room_token_opens_its_room_and_refuses_every_other_with_403(
+        anon: TestClient[Any, Any], two_rooms: None) -> None:
+    token_a = KEYED.mint("room-a", 3600)
+    header = {"Authorization": f"Bearer {token_a}"}
+    snap = await anon.get("/api/rooms/room-a/snapshot", headers=header)
+    assert snap.status == 200 and (await snap.json())["room_id"] == "room-a"
+    assert (await anon.get("/api/rooms/room-a/funnel", params={"t": token_a})).status == 200
+    sale = await anon.get("/api/sales/s-a", headers=header)
+    assert sale.status == 200 and (await sale.json())["room_id"] == "room-a"
+    for path in ROOM_PATHS:
+        error = await refused(await anon.get(path.format(room="room-b"), params={"t": token_a}), 403)
+        assert "room-a" in error and "room-b" in error
+    await refused(await anon.get("/api/sales/s-b", headers=header), 403)
+    # an unknown sale answers like a foreign one: a room's link cannot probe other rooms' sale ids
+    await refused(await anon.get("/api/sales/no-such-sale", headers=header), 403)
+    await refused(await anon.get("/api/rooms", headers=header), 403)  # the room list is the host's
+    access = await (await anon.get("/api/access", headers=header)).json()
+    assert access["room_id"] == "room-a" and access["all_rooms"] is False
+    # The room's stream carries the room list cut down to that room; the host's carries every room.
+    stream = await anon.get("/live/rooms/room-a", params={"t": token_a})
+    (payload,) = await sse_events(stream, 1)
+    stream.close()
+    assert payload["snapshot"]["room_id"] == "room-a"
+    assert [r["room_id"] for r in payload["rooms"]] == ["room-a"]
+    host = await anon.get("/live/rooms/room-a", params={"t": HOST_TOKEN})
+    (payload,) = await sse_events(host, 1)
+    host.close()
+    assert {r["room_id"] for r in payload["rooms"]} == {"room-a", "room-b"}
+    rooms = await anon.get("/api/rooms", headers=BEARER)
+    assert {r["room_id"] for r in (await rooms.json())["rooms"]} == {"room-a", "room-b"}
+    assert (await anon.get("/api/sales/no-such-sale", headers=BEARER)).status == 404
+
+
+async def test_an_expired_token_is_refused(anon: TestClient[Any, Any], two_rooms: None) -> None:
+    past = Signer(KEY.encode(), clock=lambda: time.time() - 7200)
+    for token in (past.mint("room-a", 3600), past.mint(None, 3600)):
+        for path in [p.format(room="room-a") for p in ROOM_PATHS] + ["/api/rooms", "/api/sales/s-a"]:
+            assert "expired" in await refused(await anon.get(path, params={"t": token}), 401)
+        page = await anon.get("/rooms/room-a", params={"t": token})
+        assert page.status == 401 and page.content_type == "text/html"
+        assert "expired" in await page.text()
+
+
+async def test_the_stream_ends_when_its_token_expires(anon: TestClient[Any, Any], two_rooms: None) -> None:
+    short = KEYED.mint("room-a", 1.5)
+    stream = await anon.get("/live/rooms/room-a", params={"t": short})
+    assert stream.status == 200
+    await sse_events(stream, 1)
+    async with asyncio.timeout(WAIT_S):
+        while await stream.content.readline():
+            pass  # drains to EOF: the server ended the stream at the token's expiry
+    await refused(await anon.get("/live/rooms/room-a", params={"t": short}), 401)
+
+
+async def test_the_page_needs_a_link_and_says_so(anon: TestClient[Any, Any]) -> None:
+    token_a = KEYED.mint("room-a", 3600)
+    for path, params, status in [("/", {}, 401), ("/rooms/room-a", {}, 401), ("/rooms/room-a", {"t": "nope"}, 401),
+                                 ("/rooms/room-b", {"t": token_a}, 403), ("/", {"room": "room-b", "t": token_a}, 403)]:
+        page = await anon.get(path, params=params)
+        assert page.status == status and page.content_type == "text/html", (path, params)
+        text = await page.text()
+        assert f'data-status="{status}"' in text and "flashsale dashboard-link" in text
+    ok = await anon.get("/rooms/room-a", params={"t": token_a})
+    assert ok.status == 200 and 'src="/static/app.js"' in await ok.text()
+    assert ok.headers["Referrer-Policy"] == "no-referrer"  # the URL carries the token
+    # one room's link on / goes to that room's page
+    moved = await anon.get("/", params={"t": token_a, "channel": "share_link"}, allow_redirects=False)
+    assert moved.status == 302
+    assert moved.headers["Location"] == f"/rooms/room-a?t={token_a}&channel=share_link"
+    assert (await anon.get("/", params={"t": HOST_TOKEN})).status == 200
+    assert (await anon.get("/rooms/room-b", params={"t": HOST_TOKEN})).status == 200
+    assert (await anon.get("/static/app.js")).status == 200  # assets hold no data
+
+
+async def test_health_and_metrics_stay_open_and_show_no_business_data(anon: TestClient[Any, Any],
+                                                                      two_rooms: None) -> None:
+    assert (await anon.get("/healthz")).status == 200
+    assert (await anon.get("/readyz")).status == 200
+    stream = await anon.get("/live/rooms/room-a", params={"t": HOST_TOKEN})
+    await sse_events(stream, 1)
+    stream.close()
+    metrics = await anon.get("/metrics")
+    assert metrics.status == 200
+    body = await metrics.text()
+    assert "flashsale_dashboard_ticks_total" in body
+    for secret in ("room-a", "room-b", "s-a", "s-b", "gmv", "1990"):
+        assert secret not in body
+
+
+async def test_tokens_are_never_logged(anon: TestClient[Any, Any], two_rooms: None,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    token_a = KEYED.mint("room-a", 3600)
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("consumers").info("marker")
+        await anon.get("/api/rooms/room-a/snapshot", params={"t": token_a})
+        await anon.get("/api/rooms/room-b/snapshot", params={"t": token_a})
+        await anon.get("/rooms/room-b", params={"t": token_a})
+        stream = await anon.get("/live/rooms/room-a", params={"t": token_a})
+        await sse_events(stream, 1)
+        stream.close()
+    # aiohttp's access log (on in test servers) prints URLs; `flashsale dashboard` runs without one.
+    ours = [r.getMessage() for r in caplog.records if r.name != "aiohttp.access"]
+    assert ours and not [m for m in ours if token_a in m]
+
+
+async def test_without_a_key_the_dashboard_makes_one_and_is_never_open(redis_server: RedisServer) -> None:
+    app = create_app(settings_for(redis_server.url, key=None), registry=CollectorRegistry())
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        await refused(await c.get("/api/rooms"), 401)
+        await refused(await c.get("/api/rooms", params={"t": HOST_TOKEN}), 401)  # the test key opens nothing
+        own = app[SIGNER].mint(None, 60)  # what `flashsale up` would print, with the key it made
+        assert (await c.get("/api/rooms", params={"t": own})).status == 200

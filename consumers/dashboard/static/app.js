@@ -35,8 +35,13 @@
   };
 
   const params = new URLSearchParams(location.search);
+  // The link's token (?t=) opens one room or every room; it goes to the stream as ?t= (EventSource
+  // sets no headers) and to the API as a bearer header. The room comes from /rooms/<id> or ?room=.
+  const token = params.get('t') || '';
+  const pathRoom = location.pathname.startsWith('/rooms/') ? decodeURIComponent(location.pathname.slice(7)) : '';
+  const roomUrl = (id) => `/rooms/${encodeURIComponent(id)}?t=${encodeURIComponent(token)}`;
   const state = {
-    room: params.get('room') || null,
+    room: pathRoom || params.get('room') || null, refused: false,
     channel: CHANNELS.includes(params.get('channel')) ? params.get('channel') : 'all',
     es: null, attempt: 0, errorsInRow: 0, retryTimer: 0, roomsTimer: 0,
     lastMsgAt: 0, intervalMs: 1000, currency: 'CNY',
@@ -108,8 +113,9 @@
     clearTimeout(state.retryTimer);
     state.retryTimer = 0;
     if (state.es) { state.es.close(); state.es = null; }
-    if (!state.room) return;
-    const url = `/live/rooms/${encodeURIComponent(state.room)}?channel=${encodeURIComponent(state.channel)}`;
+    if (!state.room || state.refused) return;
+    const url = `/live/rooms/${encodeURIComponent(state.room)}?channel=${encodeURIComponent(state.channel)}`
+      + `&t=${encodeURIComponent(token)}`;
     const es = new EventSource(url);
     state.es = es;
     state.lastMsgAt = Date.now();
@@ -120,13 +126,37 @@
       state.errorsInRow += 1;
       // The browser retries by itself (every 2 s, the server's retry:); after a few failures or
       // a refused stream we take over with exponential backoff and jitter.
-      if (es.readyState === EventSource.CLOSED || state.errorsInRow >= NATIVE_RETRIES) scheduleReconnect();
-      else setConn('reconnecting', 'Reconnecting…');
+      if (es.readyState === EventSource.CLOSED || state.errorsInRow >= NATIVE_RETRIES) {
+        scheduleReconnect();
+        checkAccess();
+      } else setConn('reconnecting', 'Reconnecting…');
     };
+  }
+
+  /** A refused stream may be an expired link: ask the API, and say so instead of retrying forever. */
+  async function checkAccess() {
+    let resp;
+    try {
+      resp = await fetch('/api/access', { headers: { Accept: 'application/json', Authorization: `Bearer ${token}` } });
+    } catch (_) { return; }  // the server is down: keep reconnecting
+    if (resp.status !== 401 && resp.status !== 403) return;
+    let msg = 'This link does not open the dashboard.';
+    try { msg = (await resp.json()).error || msg; } catch (_) { /* keep the default */ }
+    refuse(msg);
+  }
+
+  function refuse(msg) {
+    state.refused = true;
+    clearTimeout(state.retryTimer);
+    clearTimeout(state.roomsTimer);
+    if (state.es) { state.es.close(); state.es = null; }
+    showEmpty('This dashboard link does not work', `The server says: ${msg}. Ask the host for a new link.`, []);
+    setConn('offline', 'Link expired');
   }
 
   function scheduleReconnect() {
     if (state.es) { state.es.close(); state.es = null; }
+    if (state.refused) return;
     const base = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** state.attempt);
     const delay = Math.round(base * (0.7 + Math.random() * 0.6));
     state.attempt = Math.min(state.attempt + 1, 6);
@@ -497,7 +527,7 @@
     el.emptyRooms.replaceChildren(...others.map((id) => {
       const li = document.createElement('li');
       const a = document.createElement('a');
-      a.href = `?room=${encodeURIComponent(id)}`;
+      a.href = roomUrl(id);
       a.textContent = `Room ${id}`;
       li.appendChild(a);
       return li;
@@ -522,9 +552,10 @@
   // ---- navigation -------------------------------------------------------------------------
   function syncUrl() {
     const q = new URLSearchParams();
-    if (state.room) q.set('room', state.room);
+    if (token) q.set('t', token);
     if (state.channel !== 'all') q.set('channel', state.channel);
-    const url = `${location.pathname}${q.toString() ? `?${q}` : ''}`;
+    const path = state.room ? `/rooms/${encodeURIComponent(state.room)}` : location.pathname;
+    const url = `${path}${q.toString() ? `?${q}` : ''}`;
     if (url !== `${location.pathname}${location.search}`) history.replaceState(null, '', url);
   }
 
@@ -554,7 +585,13 @@
     clearTimeout(state.roomsTimer);
     if (state.room) return;
     try {
-      const resp = await fetch('/api/rooms', { headers: { Accept: 'application/json' } });
+      const resp = await fetch('/api/rooms', { headers: { Accept: 'application/json', Authorization: `Bearer ${token}` } });
+      if (resp.status === 401 || resp.status === 403) {
+        let msg = 'This link does not open the room list';
+        try { msg = (await resp.json()).error || msg; } catch (_) { /* keep the default */ }
+        refuse(msg);
+        return;
+      }
       const body = resp.ok ? await resp.json() : [];
       const rooms = Array.isArray(body) ? body : (body && Array.isArray(body.rooms) ? body.rooms : []);
       renderRooms(rooms);
