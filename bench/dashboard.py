@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from bench.markdown import table
 from bench.options import options_from
 from bench.stack import BenchStack
 from bench.stats import ProcSampler, percentiles
+from consumers.access import Signer
 from flashsale.embedded import ManagedProcess
 
 
@@ -39,7 +41,8 @@ class Options:
 SIM_ROOM = re.compile(r"room-\d+")  # producers/simulation/plan.py names its rooms so
 
 
-async def wait_room(session: aiohttp.ClientSession, base: str, simulator: ManagedProcess, limit_s: float) -> str:
+async def wait_room(session: aiohttp.ClientSession, base: str, simulator: ManagedProcess, limit_s: float,
+                    token: str) -> str:
     """The first simulator room (``room-<n>``) the read model lists once the simulator's events flow.
     Other rooms in the same Redis (left by other benchmarks of ``bench all``) get no new events."""
     deadline = time.monotonic() + limit_s
@@ -47,7 +50,7 @@ async def wait_room(session: aiohttp.ClientSession, base: str, simulator: Manage
         if not simulator.alive() and simulator.popen.returncode != 0:
             raise RuntimeError(f"simulator failed; see {simulator.log_path}")
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-            async with session.get(f"{base}/api/rooms") as resp:
+            async with session.get(f"{base}/api/rooms", headers={"Authorization": f"Bearer {token}"}) as resp:
                 body = await resp.json()
                 rooms = body if isinstance(body, list) else body.get("rooms", [])
                 ours = [str(r["room_id"]) for r in rooms if SIM_ROOM.fullmatch(str(r["room_id"]))]
@@ -119,8 +122,9 @@ async def scrape(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
     return out
 
 
-async def measure(session: aiohttp.ClientSession, base: str, pid: int, room: str, opts: Options) -> dict[str, Any]:
-    url = f"{base}/live/rooms/{room}"
+async def measure(session: aiohttp.ClientSession, base: str, pid: int, room: str, opts: Options,
+                  token: str) -> dict[str, Any]:
+    url = f"{base}/live/rooms/{room}?t={token}"  # viewers hold a signed room link, as hosts do
 
     # Phase 1: one viewer, freshness at the simulator's load.
     solo = Viewer()
@@ -171,11 +175,12 @@ async def measure(session: aiohttp.ClientSession, base: str, pid: int, room: str
     }
 
 
-async def _run(stack: BenchStack, base: str, opts: Options) -> dict[str, Any]:
+async def _run(stack: BenchStack, base: str, opts: Options, signer: Signer) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        room = await wait_room(session, base, stack.procs["dashboard-simulator"], opts.ready_timeout_s)
-        return await measure(session, base, stack.procs["dashboard"].pid, room, opts)
+        room = await wait_room(session, base, stack.procs["dashboard-simulator"], opts.ready_timeout_s,
+                               signer.mint(None, 3600))
+        return await measure(session, base, stack.procs["dashboard"].pid, room, opts, signer.mint(room, 3600))
 
 
 def bench(stack: BenchStack, opts: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
@@ -189,10 +194,12 @@ def bench(stack: BenchStack, opts: dict[str, Any], log: Callable[[str], None]) -
     names = ("dashboard-worker", "dashboard", "dashboard-simulator")
     try:
         stack.start_worker(names[0], timeout=o.ready_timeout_s)
+        key = secrets.token_hex(32)
         port = stack.start(names[1], "consumers.dashboard", port_var="FLASHSALE_DASHBOARD_PORT", timeout=30,
-                           env={"FLASHSALE_DASHBOARD_PUSH_INTERVAL_S": str(o.push_interval_s)})
+                           env={"FLASHSALE_DASHBOARD_PUSH_INTERVAL_S": str(o.push_interval_s),
+                                "FLASHSALE_DASHBOARD_KEY": key})
         stack.start(names[2], "producers.simulator", o.simulate_args)
-        result = asyncio.run(_run(stack, f"http://127.0.0.1:{port}", o))
+        result = asyncio.run(_run(stack, f"http://127.0.0.1:{port}", o, Signer(key.encode())))
     finally:
         for name in reversed(names):
             stack.stop(name)

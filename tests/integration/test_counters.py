@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from consumers import readmodel
+from consumers import access, readmodel
 from consumers.api import add_api_routes
 from schemas import keys
 from schemas.events import OrderPlaced, SaleOpened, ViewerJoined, make_event
@@ -181,12 +181,13 @@ async def test_read_api(redis_client: aioredis.Redis) -> None:
     sc = build_scenario()
     await write_stock_orders(redis_client, sc)
     await Harness(redis_client).feed(to_records(sc.events))
-    app = web.Application()
+    signer = access.Signer(b"read-api-test-key-0123456789")
+    app = web.Application(middlewares=[access.middleware(signer)])  # the API answers only with a token
     with warnings.catch_warnings():  # the agreed str key (see consumers.dashboard.server)
         warnings.simplefilter("ignore")
         app["redis"] = redis_client
     add_api_routes(app)
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(TestServer(app), headers={"Authorization": f"Bearer {signer.mint(None, 600)}"}) as client:
         resp = await client.get("/api/rooms")
         assert resp.status == 200
         assert {r["room_id"] for r in (await resp.json())["rooms"]} == {"r1", "r2"}

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from redis.asyncio.cluster import RedisCluster
 
+from consumers.dashboard.server import SIGNER as DASHBOARD_SIGNER
 from consumers.dashboard.server import create_app as create_dashboard
 from consumers.dashboard.settings import DashboardSettings
 from flashsale.embedded import free_port
@@ -77,7 +78,8 @@ async def write_room_and_stock(client: Any, sc: Scenario) -> dict[str, list[dict
 async def dashboard(settings: DashboardSettings) -> AsyncIterator[TestClient[Any, Any]]:
     """The dashboard's own app (its Redis client made from settings) on a test server."""
     app = create_dashboard(settings, CollectorRegistry())
-    async with TestClient(TestServer(app)) as client:
+    host_token = app[DASHBOARD_SIGNER].mint(None, 600)  # the room list and every room
+    async with TestClient(TestServer(app), headers={"Authorization": f"Bearer {host_token}"}) as client:
         yield client
 
 
