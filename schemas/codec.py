@@ -20,6 +20,11 @@ from schemas.events import AnyEvent, Event, ValidationError, bad_key_ids, parse_
 MAX_BATCH_ITEMS: Final = 10_000
 # Default record size limit of the agents' input (FLASHSALE_MAX_RECORD_BYTES) and of their output batches.
 DEFAULT_MAX_RECORD_BYTES: Final = 1_048_576
+# What one output record of the workers may hold: below the Faust producer's request limit (set
+# explicitly to PRODUCER_MAX_REQUEST_BYTES) and Kafka's default message.max.bytes, with room for the
+# record's framing and headers, whatever FLASHSALE_MAX_RECORD_BYTES the readers accept.
+PRODUCER_MAX_REQUEST_BYTES: Final = 1_000_000
+OUTPUT_MAX_BYTES: Final = 900_000
 
 
 @dataclass(frozen=True, slots=True)

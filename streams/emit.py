@@ -8,7 +8,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from schemas.codec import DEFAULT_MAX_RECORD_BYTES, MAX_BATCH_ITEMS, BadItem, dead_letter, encode_batch
+from schemas.codec import (
+    DEFAULT_MAX_RECORD_BYTES,
+    MAX_BATCH_ITEMS,
+    OUTPUT_MAX_BYTES,
+    BadItem,
+    dead_letter,
+    encode_batch,
+)
 from schemas.events import Event
 from schemas.topics import partition_key
 from streams.metrics import WorkerMetrics
@@ -100,10 +107,12 @@ def _fit(key: bytes, evs: list[Event], max_bytes: int, out: list[tuple[bytes, by
 
 
 async def flush(send: SendFn, outbound: Outbound, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> int:
-    """Send everything and wait until the broker has acknowledged it all; return records sent."""
+    """Send everything and wait until the broker has acknowledged it all; return records sent. Output
+    records are split at ``max_bytes`` (what readers accept) or OUTPUT_MAX_BYTES, whichever is less;
+    dead letters are small by construction (schemas.codec.dead_letter cuts the raw input)."""
     pending: list[Awaitable[Any]] = []
     for topic, events in outbound.events.items():
-        for key, value in batches(events, max_bytes):
+        for key, value in batches(events, min(max_bytes, OUTPUT_MAX_BYTES)):
             pending.append(await send(topic, key, value))
     for reason, value in outbound.dead:
         pending.append(await send("dead-letter", reason.encode(), value))

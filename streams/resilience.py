@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -21,7 +22,10 @@ from streams.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, KafkaError, ConnectionError, OSError, asyncio.TimeoutError)
+# Faust wraps a failed send in ProducerSendError: output records are small enough by construction
+# (emit.OUTPUT_MAX_BYTES, cut dead letters), so a failed send is the broker's trouble: wait and retry.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, KafkaError, ConnectionError, OSError, asyncio.TimeoutError,
+             ProducerSendError)
 Handler = Callable[[Sequence[Record]], Awaitable[None]]
 
 

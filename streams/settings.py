@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from kernel.settings import FlashsaleSettings
-from schemas.codec import DEFAULT_MAX_RECORD_BYTES
+from schemas.codec import DEFAULT_MAX_RECORD_BYTES, PRODUCER_MAX_REQUEST_BYTES
 
 Agent = Literal["stock", "counters"]
 
@@ -73,6 +73,7 @@ class WorkerSettings(FlashsaleSettings):
             "broker_commit_every": 1000,
             "broker_commit_interval": 1.0,
             "producer_acks": -1,
+            "producer_max_request_size": PRODUCER_MAX_REQUEST_BYTES,  # explicit: outputs are split below it
             "producer_linger": 0.005,
             "processing_guarantee": "at_least_once",
             "consumer_auto_offset_reset": "earliest",
