@@ -37,7 +37,7 @@ class RedisClients(Service):
 
     def main(self) -> AnyRedis:
         """The client the agents' stores share (stock and counters)."""
-        return self._get("main", None)
+        return self._get("main", self._settings.redis_timeout_s)
 
     def probe(self) -> AnyRedis:
         """A client with short timeouts for /readyz, so a hung Redis cannot hang the health check."""
