@@ -45,6 +45,9 @@ class WorkerMetrics:
             ["op", "status"], registry=r)
         self.reservations_expired = Counter(
             "flashsale_reservations_expired_total", "Reservations released, by cause", ["cause"], registry=r)
+        self.sweep_budget_exhausted = Counter(
+            "flashsale_sweep_budget_exhausted_total",
+            "Sweeper ticks that stopped at their time budget with reservations still due", registry=r)
         self.sales_sold_out = Counter(
             "flashsale_sales_sold_out_total", "Sales that sold out", registry=r)
         self.spikes = Counter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,10 +13,14 @@ from kernel.redis import AnyRedis, LuaScript, run_pipeline
 from schemas import keys as rk
 from streams.metrics import WorkerMetrics
 
+logger = logging.getLogger(__name__)
+
 OUTBOX_LEASE_MS = 10_000
 UNKNOWN_SALE_TTL_MS = 86_400_000  # state of a sale id that was never opened lives a day
 OUTBOX_BATCH = 1000
-SWEEP_BATCH = 2000
+SWEEP_BATCH = 2000  # deadlines one sweep script call handles
+SWEEP_DRAIN_BATCH = SWEEP_BATCH  # outbox items one sweep round leases (keeps up with the releases)
+SWEEP_BUDGET_S = 0.25  # a sweeper tick starts no new round after this (half the default interval)
 
 
 def _sale_keys(sale_id: str) -> list[str]:
@@ -47,8 +52,9 @@ class SaleBatchResult:
 
 
 class StockStore:
-    def __init__(self, client: AnyRedis, metrics: WorkerMetrics) -> None:
+    def __init__(self, client: AnyRedis, metrics: WorkerMetrics, sweep_budget_s: float = SWEEP_BUDGET_S) -> None:
         self.client = client
+        self.sweep_budget_s = sweep_budget_s
         self.metrics = metrics
         self.stock = LuaScript("streams.stock", "stock")
         self.sweep_script = LuaScript("streams.stock", "sweep")
@@ -122,31 +128,57 @@ class StockStore:
         return {s: int(v) for s, v in zip(sale_ids, values, strict=True) if v is not None}
 
     async def sweep(self, sale_ids: list[str], now_ms: int) -> tuple[list[SaleStock], dict[str, list[bytes]]]:
-        """Release due reservations of each sale and lease its outbox; one round trip."""
+        """Release due reservations of each sale and lease its outbox, in rounds of one round trip:
+        each script call handles at most SWEEP_BATCH deadlines (Redis is single-threaded), and a
+        sale with deadlines still due or a full outbox lease goes round again, so one call works
+        off any burst. A new round starts only within ``sweep_budget_s`` of the first: past it the
+        rest waits for the next tick (logged, counted in flashsale_sweep_budget_exhausted_total).
+        Returns each sale's stock after its last round (``released`` summed over the rounds; a
+        sale whose script failed is left out) and every outbox item leased."""
+        stocks: dict[str, SaleStock] = {}
+        outbox: dict[str, list[bytes]] = {}
+        todo = list(sale_ids)
+        deadline = time.monotonic() + self.sweep_budget_s
+        rounds = 0
+        while todo:
+            if rounds and time.monotonic() >= deadline:
+                self.metrics.sweep_budget_exhausted.inc()
+                logger.warning("reservation sweep stopped at its %.2f s budget after %d rounds with %d sale(s) "
+                               "still due (%s); the next tick goes on", self.sweep_budget_s, rounds, len(todo),
+                               ", ".join(todo[:5]))
+                break
+            rounds += 1
+            todo = await self._sweep_round(todo, now_ms, stocks, outbox)
+        return list(stocks.values()), outbox
+
+    async def _sweep_round(self, sale_ids: list[str], now_ms: int, stocks: dict[str, SaleStock],
+                           outbox: dict[str, list[bytes]]) -> list[str]:
+        """One round trip of the sweep and drain scripts; returns the sales with work left."""
 
         def build(pipe: Any) -> None:
             for sale_id in sale_ids:
                 keys = [rk.sale(sale_id), rk.sale_orders(sale_id), rk.sale_users(sale_id),
                         rk.sale_deadlines(sale_id), rk.sale_outbox(sale_id)]
                 self.sweep_script.queue(pipe, keys, [now_ms, SWEEP_BATCH])
-                self.drain.queue(pipe, [rk.sale_outbox(sale_id)], [now_ms, OUTBOX_LEASE_MS, OUTBOX_BATCH])
+                self.drain.queue(pipe, [rk.sale_outbox(sale_id)], [now_ms, OUTBOX_LEASE_MS, SWEEP_DRAIN_BATCH])
 
-        if not sale_ids:
-            return [], {}
         raw = await self._run("stock_sweep", build)
-        stocks: list[SaleStock] = []
-        outbox: dict[str, list[bytes]] = {}
+        more: list[str] = []
         for i, sale_id in enumerate(sale_ids):
             res, drained = raw[2 * i], raw[2 * i + 1]
+            if not isinstance(drained, Exception) and drained:
+                outbox.setdefault(sale_id, []).extend(drained)  # leased: sent whatever happens below
             if isinstance(res, Exception):
                 self.metrics.redis_errors.labels("stock_sweep").inc()
+                stocks.pop(sale_id, None)  # no fresh reading: neither gauged nor retired this tick
                 continue
-            released, allotted, available, reserved, sold, status, pending = res
-            stocks.append(SaleStock(sale_id, int(released), int(allotted), int(available), int(reserved),
-                                    int(sold), _s(status), int(pending)))
-            if not isinstance(drained, Exception) and drained:
-                outbox[sale_id] = list(drained)
-        return stocks, outbox
+            released, allotted, available, reserved, sold, status, pending, due = res
+            before = stocks[sale_id].released if sale_id in stocks else 0
+            stocks[sale_id] = SaleStock(sale_id, before + int(released), int(allotted), int(available),
+                                        int(reserved), int(sold), _s(status), int(pending))
+            if int(due) > 0 or (not isinstance(drained, Exception) and len(drained) >= SWEEP_DRAIN_BATCH):
+                more.append(sale_id)
+        return more
 
     async def retire(self, sale_ids: list[str]) -> None:
         """Drop closed sales with nothing left to release from the active set."""

@@ -1,7 +1,9 @@
 #!lua
 -- Release reservations whose deadline has passed, for ONE sale; report stock for gauges.
 -- KEYS: 1 sale hash, 2 orders hash, 3 users hash, 4 deadlines zset, 5 outbox zset
--- ARGV: 1 now (epoch ms), 2 max releases this call
+-- ARGV: 1 now (epoch ms), 2 max deadlines handled this call (keeps one call short: Redis is single-threaded)
+-- Returns {released, allotted, available, reserved, sold, status, deadlines left, deadlines still due}:
+-- the caller calls again while some are still due (a burst is worked off in one sweeper tick).
 local sale_k, orders_k, users_k, dl_k, outbox_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = tonumber(ARGV[1])
 local due = redis.call('ZRANGEBYSCORE', dl_k, '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
@@ -40,4 +42,5 @@ if #due > 0 then
   redis.call('HSET', sale_k, unpack(fields))
 end
 local st = redis.call('HMGET', sale_k, 'allotted', 'available', 'reserved', 'sold', 'status')
-return {released, st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '', redis.call('ZCARD', dl_k)}
+return {released, st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '', redis.call('ZCARD', dl_k),
+        redis.call('ZCOUNT', dl_k, '-inf', now)}

@@ -461,3 +461,49 @@ async def test_redis_refusing_writes_makes_the_batch_wait_not_dead_letters(redis
     assert sink.records["dead-letter"] == []
     st = await sale_state(redis_client)
     assert (st["reserved"], st["available"], st["attempts"]) == ("2", "3", "2")
+
+
+async def _expire_burst(svc: StockService, clock: Clock, n: int) -> list[str]:
+    """Place ``n`` reservations (batched, one user each) that all fall due at the same moment."""
+    await svc.handle(records([sale_opened(allotment=n, limit=1, ttl_s=10)]))
+    ids = [f"o{i}" for i in range(n)]
+    await run_all(svc, records([order(oid, f"u{i}", T0 + 1000 + i // 50) for i, oid in enumerate(ids)], batch=500),
+                  per_call=4)
+    clock.t = T0 + 1000 + n // 50 + 10_000  # every deadline has passed
+    return ids
+
+
+async def test_one_sweep_releases_a_burst_of_ten_thousand_expiries(svc_parts: Any,
+                                                                   redis_client: aioredis.Redis) -> None:
+    """Issue 13, item 5: the sweeper released at most 2,000 reservations per sale per tick, so a
+    burst of 10,000 took several ticks past TTL + one sweep interval."""
+    svc, sink, clock = svc_parts
+    ids = await _expire_burst(svc, clock, 10_000)
+    assert len(sink.decisions("order.accepted")) == 10_000
+    assert (await sale_state(redis_client))["reserved"] == "10000"
+    assert await svc.sweep() == 10_000  # one tick
+    st = await sale_state(redis_client)
+    assert (st["allotted"], st["available"], st["reserved"], st["sold"], st["expired"]) == \
+        ("10000", "10000", "0", "0", "10000")
+    expired = Counter(d["data"]["order_id"] for d in sink.decisions("order.expired"))
+    assert expired == Counter(ids)  # every release emitted, exactly once
+    assert await redis_client.zcard(rk.sale_deadlines("s1")) == 0
+    assert await redis_client.zcard(rk.sale_outbox("s1")) == 0  # every emitted item acknowledged
+    assert svc.metrics.sweep_budget_exhausted._value.get() == 0
+    assert await svc.sweep() == 0
+    assert len(sink.decisions("order.expired")) == 10_000  # nothing twice
+
+
+async def test_a_sweep_over_its_time_budget_stops_and_the_next_tick_goes_on(redis_client: aioredis.Redis) -> None:
+    """Each script call stays bounded (SWEEP_BATCH); past the budget the rest waits a tick, counted."""
+    from streams.stock.store import SWEEP_BATCH
+
+    sink, clock, metrics = Sink(), Clock(T0 + 5000), WorkerMetrics()
+    svc = StockService(StockStore(redis_client, metrics, sweep_budget_s=0.0), metrics, sink.send, clock=clock)
+    ids = await _expire_burst(svc, clock, SWEEP_BATCH + 500)
+    assert await svc.sweep() == SWEEP_BATCH  # one round only
+    assert metrics.sweep_budget_exhausted._value.get() == 1
+    assert await svc.sweep() == 500
+    assert await svc.sweep() == 0
+    assert Counter(d["data"]["order_id"] for d in sink.decisions("order.expired")) == Counter(ids)
+    assert await redis_client.zcard(rk.sale_outbox("s1")) == 0
