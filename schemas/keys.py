@@ -109,6 +109,12 @@ def room_online(room_id: str) -> str:
     return room_base(room_id) + ":on"
 
 
+def room_left(room_id: str) -> str:
+    """Sorted set: user_id → time (ms) of the viewer's latest leave within the stale window; an
+    event stamped at or before it does not count the viewer online again."""
+    return room_base(room_id) + ":off"
+
+
 def room_series(room_id: str) -> str:
     """Hash: ``<epoch second><e|o|v>`` → packed per-second counts (engagement, orders, viewers)."""
     return room_base(room_id) + ":sec"

@@ -253,6 +253,7 @@ class RoomTruth:
     totals: Counter[str] = field(default_factory=Counter)
     series: dict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     online_last: dict[str, int] = field(default_factory=dict)
+    left_last: dict[str, int] = field(default_factory=dict)  # user → their latest leave
     peak: int = 0
     stage_users: dict[tuple[str, str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
     money: Counter[tuple[str, str, str]] = field(default_factory=Counter)
@@ -326,10 +327,12 @@ def reference(sc: Scenario) -> tuple[dict[str, RoomTruth], dict[str, Counter[str
         # engagement: presence, with staleness re-applied whenever the newest second advances
         prev_sec = r.newest // 1000
         r.newest = max(r.newest, e.ts)
+        # (a viewer's latest leave shadows their events stamped at or before it, however late)
         if e.type == "viewer.left":
+            r.left_last[e.user_id] = max(r.left_last.get(e.user_id, 0), e.ts)
             if e.user_id in r.online_last and r.online_last[e.user_id] <= e.ts:
                 del r.online_last[e.user_id]
-        elif e.ts >= r.newest - stale:
+        elif e.ts >= r.newest - stale and e.ts > r.left_last.get(e.user_id, -1):
             r.online_last[e.user_id] = max(r.online_last.get(e.user_id, 0), e.ts)
         if r.newest // 1000 > prev_sec:
             for u in [u for u, t in r.online_last.items() if t < r.newest - stale]:
@@ -654,6 +657,39 @@ async def test_stale_viewers_expire(redis_client: aioredis.Redis) -> None:
     # and an idle room expires its viewers on the read side as wall time passes
     later = await readmodel.room_snapshot(redis_client, "rs", T0 + 90_000 + 61_000)
     assert later is not None and later["viewers_online"] == 0
+
+
+async def test_presence_honours_each_viewers_latest_event_however_late(redis_client: aioredis.Redis) -> None:
+    """A viewer who left is not counted online again by an event of theirs stamped at or before the
+    leave that arrives after it; a rejoin after the leave counts, and a late leave older than the
+    viewer's latest event does not remove them."""
+    h = Harness(redis_client, CounterParams(stale_viewer_ms=60_000))
+
+    def ev(payload: Any, eid: str, ts: int, user: str) -> Event:
+        return make_event(payload, event_id=eid, ts=T0 + ts, room_id="rp", user_id=user)
+
+    async def online(now: int) -> int:
+        snap = await readmodel.room_snapshot(redis_client, "rp", T0 + now)
+        assert snap is not None
+        return int(snap["viewers_online"])
+
+    await h.feed(to_records([ev(ViewerJoined(), "j1", 0, "u1"), ev(ViewerJoined(), "j2", 10, "u2"),
+                             ev(ViewerLiked(count=1), "k1", 1000, "u1"), ev(ViewerLeft(), "x1", 5000, "u1")]))
+    assert await online(5000) == 1  # u2
+    # u1's like at 3 s and comment at 5 s (the leave's own time) were delayed: u1 stays gone
+    await h.feed(to_records([ev(ViewerLiked(count=1), "k1-late", 3000, "u1"),
+                             ev(ViewerCommented(text="hi"), "c1-late", 5000, "u1")], offset0=100))
+    assert await online(5000) == 1
+    assert await redis_client.zscore(keys.room_online("rp"), "u1") is None
+    # a rejoin after the leave counts; a delayed leave older than it does not remove u1
+    await h.feed(to_records([ev(ViewerJoined(), "j1-again", 6000, "u1")], offset0=200))
+    await h.feed(to_records([ev(ViewerLeft(), "x1-late", 5500, "u1")], offset0=300))
+    assert await online(6000) == 2
+    snap = await readmodel.room_snapshot(redis_client, "rp", T0 + 6000)
+    assert snap is not None and snap["viewers_peak"] == 2  # never 3: the late events never counted u1 twice
+    # leaves are remembered only within the stale window (bounded memory)
+    await h.feed(to_records([ev(ViewerLiked(count=1), "k2", 200_000, "u2")], offset0=400))
+    assert await redis_client.zcard(keys.room_left("rp")) == 0
 
 
 async def test_hll_error_within_two_percent_at_100k_users(redis_client: aioredis.Redis) -> None:

@@ -34,6 +34,7 @@ local CHANS = {}
 for c in string.gmatch(ARGV[14], '%S+') do CHANS[#CHANS + 1] = c end
 CHANS[#CHANS + 1] = '*'
 local ON, SEC, F, SKUS = B .. ':on', B .. ':sec', B .. ':f', B .. ':skus'
+local OFF = B .. ':off'
 local REFO, REFG = B .. ':ref:o', B .. ':ref:g'
 
 local NF = 'n' .. st
@@ -160,21 +161,29 @@ for i = 1, #events do
       local kind, user, ch, sku, n = e[5], e[6], e[7], e[8], e[9]
       local sec = floor(ts / 1000)
       if st == 'e' then
-        -- presence: any event refreshes the viewer, a leave removes one not seen since
+        -- presence honours each viewer's latest event by event time: any event refreshes the
+        -- viewer, a leave removes one not seen since and is remembered (OFF: user -> latest leave),
+        -- so an event stamped at or before that leave arriving late does not bring the viewer back
         if kind == 'L' then
           inc(tot, 'leaves', 1)
+          redis.call('ZADD', OFF, 'GT', ts, user)
           local s = redis.call('ZSCORE', ON, user)
           if s and tonumber(s) <= ts then
             redis.call('ZREM', ON, user)
             online = online - 1
           end
         elseif ts >= newest - STALE then
-          online = online + redis.call('ZADD', ON, 'GT', ts, user)
+          local gone = redis.call('ZSCORE', OFF, user)
+          if not gone or tonumber(gone) < ts then
+            online = online + redis.call('ZADD', ON, 'GT', ts, user)
+          end
         end
         local nsec = floor(newest / 1000)
         if nsec > vts then
           vts = nsec
           online = online - redis.call('ZREMRANGEBYSCORE', ON, '-inf', '(' .. (newest - STALE))
+          -- a leave older than the stale window shadows only events the stale check refuses anyway
+          redis.call('ZREMRANGEBYSCORE', OFF, '-inf', '(' .. (newest - STALE))
         end
         if online > peak then peak = online end
         vsec[nsec] = online
@@ -301,7 +310,7 @@ board(REFG, refg)
 for sku in pairs(skus) do redis.call('SADD', SKUS, sku) end
 for sale in pairs(sales) do redis.call('SADD', KEYS[2], sale) end
 -- the room's long-lived keys live as long as the room gets events (EXPIRE of a missing key is a no-op)
-for _, k in ipairs({B, ON, SEC, F, SKUS, REFO, REFG, KEYS[2]}) do redis.call('EXPIRE', k, RTTL) end
+for _, k in ipairs({B, ON, OFF, SEC, F, SKUS, REFO, REFG, KEYS[2]}) do redis.call('EXPIRE', k, RTTL) end
 
 -- spike input: the stream's per-second event counts since the last evaluated second
 local spike, lo, counts = '', 0, ''
