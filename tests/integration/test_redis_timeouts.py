@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -27,10 +26,8 @@ async def test_a_blackholed_redis_times_out_instead_of_hanging_the_agent() -> No
     port = server.sockets[0].getsockname()[1]
     clients = RedisClients(WorkerSettings(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_s=0.5))
     try:
-        started = time.monotonic()
-        with pytest.raises(RedisTimeoutError) as info:
+        with pytest.raises(RedisTimeoutError) as info:  # not asyncio's: the client gave up by itself
             await asyncio.wait_for(clients.main().ping(), 10)  # the old client hung here for good
-        assert time.monotonic() - started < 3.0  # without a limit this waited until the process died
         assert isinstance(info.value, TRANSIENT)  # the batch waits and retries on a fresh connection
     finally:
         await clients.on_stop()
