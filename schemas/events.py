@@ -462,7 +462,7 @@ def _lookup(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def _enum_values(obj: Any, dotted: str) -> tuple[str, ...]:
+def _enum_values(dotted: str) -> tuple[str, ...]:
     name = dotted.rsplit(".", 1)[-1]
     if dotted == "channel" or name == "target":
         return CHANNELS
@@ -510,7 +510,7 @@ def translate(exc: msgspec.ValidationError, obj: Any = None) -> ValidationError:
     if msg.startswith("Invalid enum value"):
         if field_name == "v":
             return ValidationError("v", f"unsupported schema version{got.replace('; got', '')}")
-        allowed = _enum_values(obj, field_name)
+        allowed = _enum_values(field_name)
         return ValidationError(field_name, f"must be one of {', '.join(allowed)}{got}")
     if msg.startswith("Invalid value") and field_name == "type":
         return ValidationError("type", f"unknown event type{got.replace('; got', '')}")

@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from schemas.codec import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -41,23 +41,6 @@ class Record:
     # False for an output record (order-decisions) that carries no valid worker signature while a
     # key is configured: readers drop it (counted), never count it.
     signature_ok: bool = True
-
-
-# How far an event's own ``ts`` (the client's clock) may stray from its record's timestamp (the
-# pipeline's clock) before it is clamped for counting and windows; decisions use the record's time.
-MAX_CLIENT_SKEW_MS: Final = 300_000
-
-
-def pipeline_time_ms(event_ts: int, rec: Record) -> int:
-    """The time the pipeline decides by: the record's timestamp, or the event's own time without one."""
-    return event_ts if rec.timestamp_ms is None else rec.timestamp_ms
-
-
-def clamped_time_ms(event_ts: int, rec: Record) -> int:
-    """The client's time, kept within MAX_CLIENT_SKEW_MS of the record's timestamp."""
-    if rec.timestamp_ms is None:
-        return event_ts
-    return min(max(event_ts, rec.timestamp_ms - MAX_CLIENT_SKEW_MS), rec.timestamp_ms + MAX_CLIENT_SKEW_MS)
 
 
 def record_time_ms(message: Any) -> int | None:

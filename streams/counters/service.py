@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 import orjson
 
-from kernel.clock import now_ms
+from kernel.clock import clamped_time_ms, now_ms
 from schemas import keys
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import Event, SpikeDetected, make_event
@@ -29,7 +29,7 @@ from streams.counters.rollups import (
 )
 from streams.counters.spike import SpikeConfig, SpikeState, evaluate
 from streams.counters.store import ApplyResult, CountersStore, SpikeStore
-from streams.emit import Outbound, Record, SendFn, bad, clamped_time_ms, flush
+from streams.emit import Outbound, Record, SendFn, bad, flush
 from streams.metrics import WorkerMetrics
 from streams.resilience import check_fault
 
@@ -93,7 +93,7 @@ class CountersService:
         the bound: one event stamped a year ahead must not close every window of its room."""
         out = events
         for i, e in enumerate(events):
-            ts = clamped_time_ms(e.ts, rec)
+            ts = clamped_time_ms(e.ts, rec.timestamp_ms)
             if ts != e.ts:
                 if out is events:
                     out = list(events)

@@ -9,20 +9,11 @@ from typing import Any
 
 import orjson
 
-from kernel.clock import now_ms
+from kernel.clock import MAX_CLIENT_SKEW_MS, clamped_time_ms, now_ms, pipeline_time_ms
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import Event
 from schemas.topics import DECISIONS, ORDERS
-from streams.emit import (
-    MAX_CLIENT_SKEW_MS,
-    Outbound,
-    Record,
-    SendFn,
-    bad,
-    clamped_time_ms,
-    flush,
-    pipeline_time_ms,
-)
+from streams.emit import Outbound, Record, SendFn, bad, flush
 from streams.metrics import WorkerMetrics
 from streams.resilience import check_fault
 from streams.stock.logic import BAD_STATUSES, decision_event, outbox_event, sale_of, stock_changed_event, to_op
@@ -64,7 +55,7 @@ class StockService:
             for event in decoded.events:
                 check_fault(self.fault_marker, event.event_id)
                 consumed[rec.topic, event.type] += 1
-                now = pipeline_time_ms(event.ts, rec)
+                now = pipeline_time_ms(event.ts, rec.timestamp_ms)
                 if abs(event.ts - now) > MAX_CLIENT_SKEW_MS:
                     skewed += 1
                 op = to_op(event, now)
@@ -141,7 +132,7 @@ class StockService:
         for (event, rec), r in zip(srcs, res.results, strict=True):
             op = r.get("op")
             if op == "place":
-                decision = decision_event(event, r, clamped_time_ms(event.ts, rec))
+                decision = decision_event(event, r, clamped_time_ms(event.ts, rec.timestamp_ms))
                 out.add(DECISIONS, decision)
                 if not r.get("replay"):
                     decided[r["out"], r.get("r") or ""] += 1

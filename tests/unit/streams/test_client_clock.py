@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernel.clock import MAX_CLIENT_SKEW_MS, clamped_time_ms, pipeline_time_ms
 from schemas.codec import encode_batch
 from schemas.events import ViewerLiked, make_event
 from schemas.topics import ENGAGEMENT
 from streams.counters.params import CounterParams
 from streams.counters.service import CountersService
-from streams.emit import MAX_CLIENT_SKEW_MS, Record, clamped_time_ms, pipeline_time_ms
+from streams.emit import Record
 from streams.metrics import WorkerMetrics
 
 NOW = 1_764_600_000_000
@@ -21,7 +22,7 @@ def like(i: int, ts: int) -> Any:
 
 def test_times_without_a_record_timestamp_are_the_events_own() -> None:
     rec = Record(ENGAGEMENT, 0, 0, b"")
-    assert pipeline_time_ms(NOW + 5, rec) == clamped_time_ms(NOW + 5, rec) == NOW + 5
+    assert pipeline_time_ms(NOW + 5, rec.timestamp_ms) == clamped_time_ms(NOW + 5, rec.timestamp_ms) == NOW + 5
 
 
 def test_an_event_stamped_far_ahead_is_counted_at_the_bound() -> None:
