@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaError
 
 from kernel.signing import OutputKeys
 from schemas import keys
-from schemas.codec import decode_record
+from schemas.codec import DecisionItem, decode_decisions, decode_record
 from schemas.events import Event, OrderAccepted, OrderRejected
 from schemas.order_record import OrderRecordError, parse_order_record
 from schemas.topics import DECISIONS
@@ -33,7 +33,9 @@ class Decision:
     state: str  # reserved | rejected | sold | expired | cancelled
     qty: int
     reserved_until: int | None
-    event: dict[str, Any] | None = None  # the decision event, when it came from the topic
+    # the decision event, from decision_from_event; the waiter reads decisions with the light decoder
+    # (schemas.codec.decode_decisions) and leaves it None
+    event: dict[str, Any] | None = None
     user_id: str | None = field(default=None, compare=False)  # whose attempt it answers (None: unknown)
 
     @property
@@ -55,6 +57,16 @@ def decision_from_event(event: Event) -> Decision | None:
         return Decision(data.order_id, data.sale_id, "rejected", data.reason, "rejected", data.qty, None,
                         event.to_dict(), event.user_id)
     return None
+
+
+def decision_from_item(item: DecisionItem) -> Decision:
+    """A decision read by the light decoder (``schemas.codec.decode_decisions``) → Decision."""
+    d = item.data
+    user = item.user_id or None
+    if item.type == "order.accepted":
+        return Decision(d.order_id, d.sale_id, "accepted", None, "reserved", d.qty, d.reserved_until or None,
+                        None, user)
+    return Decision(d.order_id, d.sale_id, "rejected", d.reason or None, "rejected", d.qty, None, None, user)
 
 
 def decision_from_record(sale_id: str, order_id: str, raw: bytes | str, user_id: str | None = None
@@ -201,14 +213,14 @@ class DecisionWaiter:
                 logger.warning("dropped a record on %s without a valid worker signature (%d so far)",
                                self.topic, self.unsigned_dropped)
             return
-        decoded = decode_record(value)
-        for event in decoded.events:
-            decision = decision_from_event(event)
-            if decision is not None:
-                self.resolve(decision)
-        if decoded.errors:
-            logger.warning("%d undecodable items on %s: %s", len(decoded.errors), self.topic,
-                           decoded.errors[0].detail)
+        items = decode_decisions(value)
+        if items is None:  # not the shape workers write: say why, resolve nothing
+            decoded = decode_record(value)
+            detail = decoded.errors[0].detail if decoded.errors else "unexpected shape"
+            logger.warning("undecodable record on %s: %s", self.topic, detail)
+            return
+        for item in items:
+            self.resolve(decision_from_item(item))
 
     def resolve(self, decision: Decision) -> None:
         """Record a decision (the first one per order wins; replays carry the same answer). A

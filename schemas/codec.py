@@ -193,3 +193,49 @@ def repeated_keys(raw: bytes) -> list[tuple[int, str]]:
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+# --- decisions, read cheaply ---------------------------------------------------------------------
+# Readers of the workers' own output (the gateway's DecisionWaiter) need five fields of two types.
+# The full validator costs what the worker's input path needs; output a worker signed was
+# validated when it was made, so these readers take one typed decode that checks shapes, not
+# bounds, and ignores every field and type they do not use.
+
+
+class DecisionData(msgspec.Struct, frozen=True):
+    order_id: str = ""
+    sale_id: str = ""
+    qty: int = 0
+    reason: str = ""
+    reserved_until: int = 0
+
+
+class DecisionItem(msgspec.Struct, frozen=True):
+    """One item of an order-decisions record, as far as a decision reader cares."""
+
+    type: str
+    user_id: str = ""
+    data: DecisionData = DecisionData()
+
+    @property
+    def is_decision(self) -> bool:
+        return self.type in _DECISION_TYPES
+
+
+_DECISION_TYPES: Final = frozenset({"order.accepted", "order.rejected"})
+_DECISIONS_DECODER: Final = msgspec.json.Decoder(list[DecisionItem] | DecisionItem)
+
+
+def decode_decisions(value: bytes | None) -> list[DecisionItem] | None:
+    """The order.accepted / order.rejected items of a decisions record, by one typed decode; other
+    types are skipped. None when the record does not have the expected shape (the caller may take
+    :func:`decode_record` to say why)."""
+    if value is None:
+        return None
+    try:
+        items = _DECISIONS_DECODER.decode(value)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(items, DecisionItem):
+        items = [items]
+    return [item for item in items if item.type in _DECISION_TYPES and item.data.order_id]

@@ -100,7 +100,9 @@ async def test_waiter_resolves_single_and_batched_decisions(broker: Broker, topi
         deliveries = await pub.publish_many([rejected("o-2"), sold_out, rejected("o-3", "limit_exceeded")])
         assert [d.count for d in deliveries] == [3]  # one batched record (all keyed by sku-1)
         d1, d2, d3 = await asyncio.wait_for(pending, 15)
-        assert d1 is not None and d1.outcome == "accepted" and d1.event is not None
+        # read by the light decoder: the decision's fields, not the whole event (Decision.event is None)
+        assert d1 is not None and d1.outcome == "accepted"
+        assert (d1.qty, d1.reserved_until, d1.user_id) == (2, TS + 300_000, "u-1")
         assert d2 is not None and d2.reason == "sold_out"
         assert d3 is not None and d3.reason == "limit_exceeded"
         # a wait that starts after the decision arrived is answered from memory
