@@ -13,6 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from kernel.kafka_auth import KafkaAuth
 from kernel.signing import OutputKeys
 from schemas import keys
 from schemas.codec import DecisionItem, decode_decisions, decode_record
@@ -106,7 +107,8 @@ class DecisionWaiter:
 
     def __init__(self, bootstrap: str, topic: str, *, redis: Any | None = None, poll_interval_s: float = 0.25,
                  fetch_max_wait_ms: int = 50, remember: int = 20_000, start_timeout_s: float = 10.0,
-                 client_id: str = "flashsale-decisions", output_keys: OutputKeys | None = None) -> None:
+                 client_id: str = "flashsale-decisions", output_keys: OutputKeys | None = None,
+                 kafka_auth: KafkaAuth | None = None) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self._redis = redis
@@ -115,6 +117,7 @@ class DecisionWaiter:
         self._remember = remember
         self._start_timeout_s = start_timeout_s
         self._client_id = client_id
+        self._kafka_options = kafka_auth.aiokafka_kwargs() if kafka_auth is not None else {}
         # With keys, only records a worker signed resolve waits; the others are dropped and counted.
         self._output_keys = output_keys
         self.unsigned_dropped = 0
@@ -142,7 +145,8 @@ class DecisionWaiter:
             return
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="latest", fetch_max_wait_ms=self._fetch_max_wait_ms,
-                                    client_id=self._client_id, request_timeout_ms=int(self._start_timeout_s * 1000))
+                                    client_id=self._client_id, request_timeout_ms=int(self._start_timeout_s * 1000),
+                                    **self._kafka_options)
         try:
             async with asyncio.timeout(self._start_timeout_s):
                 await consumer.start()

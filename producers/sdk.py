@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from kernel.kafka_auth import KafkaAuth
 from kernel.redis import connect
 from kernel.signing import OutputKeys
 from producers.decisions import Decision, DecisionWaiter
@@ -153,7 +154,7 @@ class Publisher:
                  linger_ms: int = 5, compression: str | None = None, enable_idempotence: bool = False,
                  max_batch_events: int = 500, max_batch_bytes: int = 900_000, redis_url: str | None = None,
                  redis_cluster: bool = False, timeout_s: float = 10.0, client_id: str = "flashsale-sdk",
-                 output_keys: OutputKeys | None = None) -> None:
+                 output_keys: OutputKeys | None = None, kafka_auth: KafkaAuth | None = None) -> None:
         if max_batch_events < 1:
             raise ValueError("max_batch_events must be >= 1")
         self.bootstrap = bootstrap
@@ -166,7 +167,9 @@ class Publisher:
             "compression_type": compression, "enable_idempotence": enable_idempotence,
             "max_request_size": max(1_048_576, max_batch_bytes + RECORD_OVERHEAD),
             "max_batch_size": 256 * 1024, "request_timeout_ms": int(timeout_s * 1000),
+            **(kafka_auth.aiokafka_kwargs() if kafka_auth is not None else {}),
         }
+        self._kafka_auth = kafka_auth
         self._redis_url = redis_url
         self._output_keys = output_keys  # decisions no worker signed never answer place_order
         self._redis_cluster = redis_cluster
@@ -292,7 +295,8 @@ class Publisher:
                 if self._redis_url is not None and self._redis is None:
                     self._redis = connect(self._redis_url, self._redis_cluster)
                 waiter = DecisionWaiter(self.bootstrap, self.names.decisions, redis=self._redis,
-                                        start_timeout_s=self.timeout_s, output_keys=self._output_keys)
+                                        start_timeout_s=self.timeout_s, output_keys=self._output_keys,
+                                        kafka_auth=self._kafka_auth)
                 await waiter.start()
                 self._waiter = waiter
             return self._waiter

@@ -1,0 +1,51 @@
+"""Kafka client security: one description turned into the options every flashsale Kafka client gets."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+from pydantic import SecretStr
+
+from kernel.kafka_auth import KafkaAuth
+from producers.decisions import DecisionWaiter
+from producers.sdk import Publisher
+
+
+def test_plaintext_sends_nothing() -> None:
+    assert KafkaAuth().aiokafka_kwargs() == {}
+    assert KafkaAuth().describe() == "PLAINTEXT"
+
+
+def test_sasl_scram_options() -> None:
+    auth = KafkaAuth("SASL_PLAINTEXT", "SCRAM-SHA-512", "gateway", SecretStr("pw-1"))
+    assert auth.aiokafka_kwargs() == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
+                                      "sasl_plain_username": "gateway", "sasl_plain_password": "pw-1"}
+    assert "pw-1" not in auth.describe() and "pw-1" not in repr(auth)
+
+
+def test_sasl_ssl_has_a_verifying_context() -> None:
+    opts = KafkaAuth("SASL_SSL", "SCRAM-SHA-256", "worker", SecretStr("pw")).aiokafka_kwargs()
+    ctx = opts["ssl_context"]
+    assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"protocol": "SASL_PLAINTEXT"}, "needs a username and a password"),
+    ({"protocol": "SASL_SSL", "username": "u", "password": SecretStr("")}, "needs a username and a password"),
+    ({"protocol": "TLS"}, "is not one of"),
+    ({"protocol": "SASL_PLAINTEXT", "mechanism": "GSSAPI", "username": "u", "password": SecretStr("p")},
+     "is not one of"),
+    ({"ca_file": "/etc/ca.pem"}, "only used with SSL"),
+])
+def test_bad_combinations_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        KafkaAuth(**kwargs)  # type: ignore[arg-type]
+
+
+def test_every_client_gets_the_options() -> None:
+    auth = KafkaAuth("SASL_PLAINTEXT", "SCRAM-SHA-512", "gateway", SecretStr("pw-1"))
+    pub = Publisher("127.0.0.1:1", kafka_auth=auth)
+    assert pub._options["sasl_plain_username"] == "gateway"  # what AIOKafkaProducer is built with
+    waiter = DecisionWaiter("127.0.0.1:1", "t", kafka_auth=auth)
+    assert waiter._kafka_options == auth.aiokafka_kwargs()
