@@ -19,10 +19,13 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Self, get_args
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from kernel.kafka_auth import KafkaAuth
+from kernel.kafka_auth import Mechanism as KafkaMechanism
+from kernel.kafka_auth import Protocol as KafkaProtocol
 from kernel.signing import OutputKeys
 
 
@@ -79,6 +82,15 @@ class FlashsaleSettings(BaseSettings):
         None, description="HMAC key(s) of the workers' outputs, comma-separated, 32+ characters each: workers "
                           "sign with the first, readers drop records no key signed; unset = not signed")
 
+    kafka_security_protocol: KafkaProtocol = Field(
+        "PLAINTEXT", description="Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    kafka_sasl_mechanism: KafkaMechanism = Field(
+        "SCRAM-SHA-512", description="SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
+    kafka_username: str | None = Field(None, description="SASL user of this process (one per role: docs/SECURITY.md)")
+    kafka_password: SecretStr | None = Field(None, validate_default=True, description="SASL password")
+    kafka_ca_file: str | None = Field(
+        None, description="CA certificates (PEM) for SSL / SASL_SSL; unset = the system's")
+
     @classmethod
     def settings_customise_sources(
             cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -106,6 +118,21 @@ class FlashsaleSettings(BaseSettings):
         except ValueError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @field_validator("kafka_password")
+    @classmethod
+    def _sasl_has_credentials(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        protocol = info.data.get("kafka_security_protocol", "PLAINTEXT")
+        if str(protocol).startswith("SASL_") and (
+                not info.data.get("kafka_username") or value is None or not value.get_secret_value()):
+            raise ValueError(f"{protocol} needs FLASHSALE_KAFKA_USERNAME and FLASHSALE_KAFKA_PASSWORD")
+        return value
+
+    @property
+    def kafka_auth(self) -> KafkaAuth:
+        """How this process's Kafka clients authenticate (``kernel.kafka_auth``)."""
+        return KafkaAuth(self.kafka_security_protocol, self.kafka_sasl_mechanism, self.kafka_username,
+                         self.kafka_password, self.kafka_ca_file)
 
     @property
     def output_keys(self) -> OutputKeys | None:

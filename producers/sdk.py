@@ -183,7 +183,7 @@ class Publisher:
         return cls(s.bootstrap, topic_prefix=s.topic_prefix, acks=s.acks, linger_ms=s.linger_ms,
                    compression=s.compression, enable_idempotence=s.idempotence, max_batch_events=s.batch_events,
                    max_batch_bytes=s.batch_bytes, redis_url=s.redis_url, redis_cluster=s.redis_cluster,
-                   timeout_s=s.timeout_ms / 1000, output_keys=s.output_keys)
+                   timeout_s=s.timeout_ms / 1000, output_keys=s.output_keys, kafka_auth=s.kafka_auth)
 
     @property
     def started(self) -> bool:

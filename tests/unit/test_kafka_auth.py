@@ -49,3 +49,17 @@ def test_every_client_gets_the_options() -> None:
     assert pub._options["sasl_plain_username"] == "gateway"  # what AIOKafkaProducer is built with
     waiter = DecisionWaiter("127.0.0.1:1", "t", kafka_auth=auth)
     assert waiter._kafka_options == auth.aiokafka_kwargs()
+
+
+def test_settings_name_the_missing_credentials() -> None:
+    from kernel.settings import ConfigError, FlashsaleSettings
+
+    with pytest.raises(ConfigError, match="FLASHSALE_KAFKA_PASSWORD.*needs FLASHSALE_KAFKA_USERNAME"):
+        FlashsaleSettings.from_env({"FLASHSALE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "FLASHSALE_KAFKA_USERNAME": "w"})
+    with pytest.raises(ConfigError, match="FLASHSALE_KAFKA_SECURITY_PROTOCOL"):
+        FlashsaleSettings.from_env({"FLASHSALE_KAFKA_SECURITY_PROTOCOL": "TLS"})
+    s = FlashsaleSettings.from_env({"FLASHSALE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                                    "FLASHSALE_KAFKA_USERNAME": "worker", "FLASHSALE_KAFKA_PASSWORD": "pw-9"})
+    assert s.kafka_auth.aiokafka_kwargs()["sasl_plain_username"] == "worker"
+    assert "pw-9" not in repr(s)
+    assert FlashsaleSettings().kafka_auth.aiokafka_kwargs() == {}
