@@ -4,6 +4,7 @@ the audit, dead letters by reason, room counters, health; and the takeover measu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter, defaultdict
@@ -307,3 +308,84 @@ async def read_raw(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tu
     finally:
         await c.stop()
     return [got[p][o] for p in sorted(got) for o in sorted(got[p])]
+
+
+class InvariantSampler:
+    """Samples every sale's stock equation in the background while a fault runs: at each moment
+    ``allotted = available + reserved + sold``, nothing negative, ``sold <= allotted`` (one HMGET
+    pipeline per sample, so each sale is read as one script left it). ``client`` is a Redis client
+    or a callable returning the one to read now (the primary, in a failover). Samples that fail
+    because Redis is unreachable are counted apart, not as violations."""
+
+    FIELDS = ("allotted", "available", "reserved", "sold")
+
+    def __init__(self, client: aioredis.Redis | Callable[[], aioredis.Redis], sales: list[SaleSpec],
+                 interval_s: float = 0.2) -> None:
+        self._client = client
+        self.sales = [s for s in sales if not s.probe]
+        self.interval_s = interval_s
+        self.samples = 0  # moments sampled (every sale read)
+        self.unreachable = 0
+        self.violations: list[tuple[float, str, dict[str, int]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def _current(self) -> aioredis.Redis:
+        return self._client if isinstance(self._client, aioredis.Redis) else self._client()
+
+    async def sample(self) -> None:
+        pipe = self._current().pipeline(transaction=False)
+        for s in self.sales:
+            pipe.hmget(keys.sale(s.sale_id), list(self.FIELDS))
+        rows = await pipe.execute()
+        at = time.time()
+        for s, row in zip(self.sales, rows, strict=True):
+            if row[0] is None:
+                continue  # not opened yet
+            n = {f: int(v or 0) for f, v in zip(self.FIELDS, row, strict=True)}
+            if (n["allotted"] != n["available"] + n["reserved"] + n["sold"] or min(n.values()) < 0
+                    or n["sold"] > n["allotted"]):
+                self.violations.append((at, s.sale_id, n))
+        self.samples += 1
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except (OSError, ConnectionError, TimeoutError, aioredis.RedisError):
+                self.unreachable += 1
+            await asyncio.sleep(self.interval_s)
+
+    async def __aenter__(self) -> InvariantSampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def check(self, min_samples: int = 10) -> dict[str, int]:
+        """Assert the equation held at every sampled moment; returns the sample counts."""
+        assert self.samples >= min_samples, f"only {self.samples} invariant samples ({self.unreachable} unreachable)"
+        assert not self.violations, f"stock equation broken at {len(self.violations)} moments: {self.violations[:3]}"
+        return {"invariant_samples": self.samples, "invariant_unreachable": self.unreachable}
+
+
+async def decided(client: aioredis.Redis, sales: list[SaleSpec]) -> int:
+    """Attempts decided so far over the sales (the sale hashes' attempt counters, one pipeline)."""
+    pipe = client.pipeline(transaction=False)
+    for s in sales:
+        pipe.hget(keys.sale(s.sale_id), "attempts")
+    return sum(int(v or 0) for v in await pipe.execute())
+
+
+async def resumed_after(client: aioredis.Redis, sales: list[SaleSpec], before: int, since: float,
+                        timeout: float = 90.0) -> float:
+    """Seconds from ``since`` (time.time()) until more than ``before`` attempts are decided (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await decided(client, sales) > before:
+            return time.time() - since
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no decision within {timeout}s")

@@ -1,0 +1,139 @@
+"""Network faults between the workers and Redis, and between the workers and the broker, through
+a TCP fault proxy (tests/harness/tcp_proxy.py), mid-burst: connections cut for a few seconds,
+added latency, a blackhole (accepted, never answered). Same pass criteria as the other fault
+cases, plus the stock equation at every sampled moment; the time from each heal to the next
+decision goes to test-artifacts/faults.jsonl (docs/RELIABILITY.md quotes it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from kernel.kafka_admin import ensure_topics
+from schemas.topics import TopicNames
+from tests.faults.checks import (
+    InvariantSampler,
+    decided,
+    first_decision_after,
+    longest_pause,
+    record,
+    resumed_after,
+)
+from tests.faults.scenario import Outcome, verify
+from tests.faults.traffic import BadMix, SaleSpec, Traffic, make_sales
+from tests.harness.aof_redis import AofRedis
+from tests.harness.broker import Broker
+from tests.harness.tcp_proxy import TcpProxy, proxied_broker, proxy_factory  # noqa: F401 - fixtures
+from tests.harness.worker_group import PARTITIONS, WorkerGroup, fault_env
+
+pytestmark = pytest.mark.faults
+
+ATTEMPTS = 20_000
+RATE = 1000  # attempts/s: the burst lasts ~20 s, long enough to hold all three faults
+FAULT_S = 3.0  # how long each fault lasts
+LATENCY_MS = 150  # per chunk, each way
+LIGHT_BAD = BadMix(malformed=0.002, unknown_type=0.001, bad_version=0.001)
+
+
+async def run_faults(proxy: TcpProxy, group: WorkerGroup, traffic: Traffic, rc: aioredis.Redis,
+                     sales: list[SaleSpec]) -> list[dict[str, Any]]:
+    """Cut, latency and blackhole in turn while the burst goes on; returns one entry per fault with
+    its wall-clock window and the time from heal to the next decision (Redis attempt counters)."""
+    inject: dict[str, Callable[[], float]] = {
+        "cut": lambda: proxy.cut(FAULT_S),
+        "latency": lambda: proxy.latency(LATENCY_MS),
+        "blackhole": proxy.blackhole,
+    }
+    faults = []
+    for fraction, kind in ((0.1, "cut"), (0.3, "latency"), (0.5, "blackhole")):
+        await traffic.reached(fraction)
+        stats = dict(proxy.stats)
+        started = inject[kind]()
+        await asyncio.sleep(FAULT_S / 2)
+        readyz = {n: (await group.readyz(n))[0] for n in group.workers}
+        decided_mid = await decided(rc, sales)
+        await asyncio.sleep(FAULT_S / 2)
+        before = await decided(rc, sales)
+        healed = proxy.heal()
+        traffic.release(300)  # something left to decide after the heal, whatever the timing
+        resumed_s = await resumed_after(rc, sales, before, healed)
+        hit = {k: v - stats.get(k, 0) for k, v in proxy.stats.items() if v != stats.get(k, 0)}
+        faults.append({"fault": kind, "started_ms": int(started * 1000), "healed_ms": int(healed * 1000),
+                       "decided_during": before - decided_mid, "readyz_during": readyz,
+                       "heal_to_progress_s": round(resumed_s, 2), "proxy": hit})
+        await asyncio.sleep(1.0)
+    return faults
+
+
+def summarize(faults: list[dict[str, Any]], out: Outcome) -> list[dict[str, Any]]:
+    """Add the decisions log's view: first decision record stamped after the heal, longest pause."""
+    for f in faults:
+        first = first_decision_after(out.decisions, set(range(PARTITIONS)), f["healed_ms"])
+        assert first is not None, f"no decision after the {f['fault']} healed"
+        f["heal_to_first_decision_s"] = round((first - f["healed_ms"]) / 1000, 2)
+        f["longest_decision_pause_s"] = round(longest_pause(out.decisions, f["started_ms"] - 1000,
+                                                            first + 1000) / 1000, 2)
+    return faults
+
+
+async def test_redis_network_faults(broker: Broker, aof_redis: AofRedis, rc: aioredis.Redis, topic_prefix: str,
+                                    group_factory: Any, proxy_factory: Any,  # noqa: F811
+                                    artifacts_dir: Path) -> None:
+    proxy: TcpProxy = proxy_factory(aof_redis.port, name="redis")
+    group = group_factory(FLASHSALE_REDIS_URL=proxy.url)  # the workers reach Redis only through the proxy
+    await group.start("a", "b")
+    await group.wait_split(TopicNames(topic_prefix).orders)
+    sales = make_sales(PARTITIONS, allotment=2000)  # sells out late in the burst, after the faults
+    hold = asyncio.Event()
+    async with (Traffic(broker.bootstrap, topic_prefix, sales, ATTEMPTS, rate=RATE, bad=LIGHT_BAD, hold=hold,
+                        hold_fraction=0.15, seed=13) as traffic,
+                InvariantSampler(rc, sales) as sampler):
+        await traffic.open_sales()
+        sending = asyncio.create_task(traffic.run())
+        faults = await run_faults(proxy, group, traffic, rc, sales)
+        hold.set()
+        await sending
+        out = await verify(broker.bootstrap, aof_redis.url, topic_prefix, traffic, sales, rc, group,
+                           tag="fresh-redis-net")
+    sampled = sampler.check()
+    by_kind = {f["fault"]: f for f in faults}
+    assert by_kind["cut"]["proxy"].get("cut_closed"), f"the cut closed no worker connection: {by_kind['cut']}"
+    assert by_kind["blackhole"]["proxy"].get("blackholed"), f"the blackhole caught nothing: {by_kind['blackhole']}"
+    record(artifacts_dir, {"test": "redis_network_faults", "fault_s": FAULT_S, "latency_ms_each_way": LATENCY_MS,
+                           "faults": summarize(faults, out), **sampled, **out.summary})
+
+
+async def test_broker_network_faults(proxied_broker: tuple[Broker, TcpProxy],  # noqa: F811
+                                     aof_redis: AofRedis, rc: aioredis.Redis, topic_prefix: str,
+                                     tmp_path: Path, artifacts_dir: Path) -> None:
+    broker, proxy = proxied_broker
+    await ensure_topics(broker.bootstrap, topic_prefix, partitions=PARTITIONS)
+    group = WorkerGroup(fault_env(broker, aof_redis.url, topic_prefix), tmp_path / "logs")
+    try:
+        await group.start("a", "b")
+        await group.wait_split(TopicNames(topic_prefix).orders)
+        sales = make_sales(PARTITIONS, allotment=2000)  # sells out late in the burst, after the faults
+        hold = asyncio.Event()
+        async with (Traffic(broker.bootstrap, topic_prefix, sales, ATTEMPTS, rate=RATE, bad=LIGHT_BAD, hold=hold,
+                            hold_fraction=0.15, seed=14) as traffic,
+                    InvariantSampler(rc, sales) as sampler):
+            await traffic.open_sales()
+            sending = asyncio.create_task(traffic.run())
+            faults = await run_faults(proxy, group, traffic, rc, sales)
+            hold.set()
+            await sending
+            out = await verify(broker.bootstrap, aof_redis.url, topic_prefix, traffic, sales, rc, group,
+                               tag="fresh-broker-net")
+        sampled = sampler.check()
+    finally:
+        group.stop_all()
+    by_kind = {f["fault"]: f for f in faults}
+    assert by_kind["cut"]["proxy"].get("cut_closed"), f"the cut closed no worker connection: {by_kind['cut']}"
+    assert by_kind["blackhole"]["proxy"].get("blackholed"), f"the blackhole caught nothing: {by_kind['blackhole']}"
+    record(artifacts_dir, {"test": "broker_network_faults", "fault_s": FAULT_S, "latency_ms_each_way": LATENCY_MS,
+                           "faults": summarize(faults, out), **sampled, **out.summary})
