@@ -21,6 +21,9 @@ COMPOSE = DEPLOY / "compose.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*)|(:?\?)([^}]*))?\}")
 TEST_TOKEN = "t" * 32
 TEST_SIGNING_KEY = "s" * 40
+KAFKA_ROLES = ("ADMIN", "WORKER", "GATEWAY", "PUBLISHER", "OPS")
+TEST_SECRETS = {"FLASHSALE_GATEWAY_TOKEN": TEST_TOKEN, "FLASHSALE_OUTPUT_SIGNING_KEY": TEST_SIGNING_KEY,
+                **{f"KAFKA_{role}_PASSWORD": f"kafka-{role.lower()}-pw" for role in KAFKA_ROLES}}
 
 
 def interpolate(value: Any, environ: dict[str, str]) -> Any:
@@ -45,13 +48,14 @@ def compose() -> dict[str, Any]:
 
 
 def env_of(service: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, str]:
-    environ = {"FLASHSALE_GATEWAY_TOKEN": TEST_TOKEN, "FLASHSALE_OUTPUT_SIGNING_KEY": TEST_SIGNING_KEY} \
-        if environ is None else environ
+    environ = TEST_SECRETS if environ is None else environ
     return {k: str(interpolate(v, environ)) for k, v in (service.get("environment") or {}).items()}
 
 
 def kafka_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in compose["services"].items() if "kafka" in str(s.get("image", ""))}
+    """The brokers (the kafka-acls job runs the same image, but is no broker)."""
+    return {n: s for n, s in compose["services"].items()
+            if "kafka" in str(s.get("image", "")) and "KAFKA_NODE_ID" in (s.get("environment") or {})}
 
 
 def test_three_kraft_nodes_form_one_quorum(compose: dict[str, Any]) -> None:
@@ -66,7 +70,7 @@ def test_three_kraft_nodes_form_one_quorum(compose: dict[str, Any]) -> None:
         node_ids[int(env["KAFKA_NODE_ID"])] = svc["hostname"]
         cluster_ids.add(env["CLUSTER_ID"])
         voters.add(env["KAFKA_CONTROLLER_QUORUM_VOTERS"])
-        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{svc['hostname']}:9092"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"CLIENT://{svc['hostname']}:9092"
         assert "CONTROLLER" in env["KAFKA_CONTROLLER_LISTENER_NAMES"]
         data_volume = [v for v in svc["volumes"] if v.endswith(":" + env["KAFKA_LOG_DIRS"])]
         assert data_volume and data_volume[0].split(":")[0] in compose["volumes"], name
@@ -148,14 +152,16 @@ def test_the_command_a_service_runs_exists(compose: dict[str, Any], service: str
 
 def test_the_gateway_refuses_to_start_without_a_token(compose: dict[str, Any]) -> None:
     with pytest.raises(KeyError, match="FLASHSALE_GATEWAY_TOKEN"):
-        env_of(compose["services"]["gateway"], environ={})
+        env_of(compose["services"]["gateway"], environ={k: v for k, v in TEST_SECRETS.items()
+                                                        if k != "FLASHSALE_GATEWAY_TOKEN"})
 
 
 @pytest.mark.parametrize("service", ["worker", "gateway"])
 def test_workers_and_the_gateway_refuse_to_start_without_the_output_signing_key(compose: dict[str, Any],
                                                                                 service: str) -> None:
     with pytest.raises(KeyError, match="FLASHSALE_OUTPUT_SIGNING_KEY"):
-        env_of(compose["services"][service], environ={"FLASHSALE_GATEWAY_TOKEN": TEST_TOKEN})
+        env_of(compose["services"][service], environ={k: v for k, v in TEST_SECRETS.items()
+                                                      if k != "FLASHSALE_OUTPUT_SIGNING_KEY"})
     keys = {name: get_settings(env_of(compose["services"][name])).output_keys
             for name, get_settings in (("worker", worker_settings), ("gateway", gateway_settings))}
     assert keys["worker"] is not None and keys["gateway"] is not None
@@ -176,6 +182,7 @@ def test_dependencies_exist_and_order_the_start(compose: dict[str, Any]) -> None
         for dep in deps:
             assert dep in services, f"{name} depends on unknown {dep}"
     assert services["worker"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert services["topics"]["depends_on"]["kafka-acls"]["condition"] == "service_completed_successfully"
     assert all(services["topics"]["depends_on"][k]["condition"] == "service_healthy" for k in kafka_services(compose))
 
 
@@ -196,3 +203,36 @@ def test_dockerfile_installs_the_package_and_runs_flashsale() -> None:
     wheel = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
     for package in wheel["packages"]:  # every package of the wheel is copied into the build
         assert re.search(rf"^COPY {package} ", text, re.M), package
+
+
+def test_kafka_authenticates_every_client_and_authorizes_by_acl(compose: dict[str, Any]) -> None:
+    for svc in kafka_services(compose).values():
+        env = env_of(svc)
+        protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        advertised = env["KAFKA_ADVERTISED_LISTENERS"].split("://")[0]
+        assert protocols[advertised] == "SASL_PLAINTEXT"  # what clients reach
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == advertised
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+        assert 'password="kafka-admin-pw"' in env["KAFKA_LISTENER_NAME_CLIENT_SCRAM___SHA___512_SASL_JAAS_CONFIG"]
+        assert "ports" not in svc  # the PLAINTEXT controller listener is never published
+    acls = compose["services"]["kafka-acls"]
+    assert acls["volumes"] == ["./kafka/acls.sh:/acls.sh:ro"]
+    assert set(env_of(acls)) >= {f"{role}_PASSWORD" for role in KAFKA_ROLES}
+
+
+@pytest.mark.parametrize(("service", "user"), [("topics", "ops"), ("worker", "worker"), ("gateway", "gateway")])
+def test_each_kafka_client_is_its_own_user(compose: dict[str, Any], service: str, user: str) -> None:
+    from kernel.settings import FlashsaleSettings
+
+    env = env_of(compose["services"][service])
+    auth = FlashsaleSettings.from_env(env).kafka_auth
+    assert (auth.protocol, auth.mechanism, auth.username) == ("SASL_PLAINTEXT", "SCRAM-SHA-512", user)
+    assert auth.password is not None and auth.password.get_secret_value() == f"kafka-{user}-pw"
+    with pytest.raises(KeyError, match=f"KAFKA_{user.upper()}_PASSWORD"):
+        env_of(compose["services"][service], environ={k: v for k, v in TEST_SECRETS.items()
+                                                      if k != f"KAFKA_{user.upper()}_PASSWORD"})
+
+
+def test_the_dashboard_has_no_kafka_user(compose: dict[str, Any]) -> None:
+    assert not any(k.startswith("FLASHSALE_KAFKA_USERNAME") for k in env_of(compose["services"]["dashboard"]))

@@ -183,3 +183,21 @@ def test_every_flashsale_variable_in_the_manifests_is_read_by_the_code() -> None
     used = set().union(*(used_in(p.read_text()) for p in MANIFESTS))
     assert used, "no FLASHSALE_* variable in the manifests?"
     assert used <= known, f"set in deploy/k8s but read by no settings module: {sorted(used - known)}"
+
+
+def test_each_kafka_client_reads_only_its_own_roles_credentials() -> None:
+    from kernel.settings import FlashsaleSettings
+
+    secrets = by_kind("Secret")
+    config = by_kind("ConfigMap")["flashsale-config"]["data"]
+    assert not any(k.startswith("FLASHSALE_KAFKA_") for k in config)  # credentials never in the ConfigMap
+    for role in ("worker", "gateway"):
+        deployment = container(by_kind("Deployment")[f"flashsale-{role}"])
+        refs = {r["secretRef"]["name"] for r in deployment["envFrom"] if "secretRef" in r}
+        assert {n for n in refs if n.startswith("flashsale-kafka-")} == {f"flashsale-kafka-{role}"}
+        data = secrets[f"flashsale-kafka-{role}"]["stringData"]
+        auth = FlashsaleSettings.from_env({**config, **data}).kafka_auth
+        assert auth.sasl and auth.username == role
+    dashboard = container(by_kind("Deployment")["flashsale-dashboard"])
+    assert not any(r.get("secretRef", {}).get("name", "").startswith("flashsale-kafka-")
+                   for r in dashboard["envFrom"])
