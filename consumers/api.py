@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
 from consumers import access, readmodel
+from consumers.openapi import MAX_ROOMS, served
 from schemas.events import CHANNELS, MAX_ID_LEN
 
-MAX_ROOMS: Final = 500
+__all__ = ["MAX_ROOMS", "add_api_routes"]
+API_PATHS: Final = ("/api/", "/openapi.json")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -35,10 +38,10 @@ def _id(request: web.Request, name: str) -> str | None:
 async def rooms(request: web.Request) -> web.Response:
     if (refused := access.refusal(request, None)) is not None:  # the room list: host tokens only
         return refused
-    try:
-        limit = int(request.query.get("limit", "50"))
-    except ValueError:
+    text = request.query.get("limit", "50")
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):  # int() also takes " 5", "1_0" and "٥"
         return _error(400, "limit must be an integer")
+    limit = int(text)
     if not 1 <= limit <= MAX_ROOMS:
         return _error(400, f"limit must be between 1 and {MAX_ROOMS}")
     return _json({"rooms": await readmodel.list_rooms(request.app["redis"], _now_ms(), limit)})
@@ -104,10 +107,34 @@ async def whoami(request: web.Request) -> web.Response:
                   "expires_at_ms": grant.expires_at * 1000})
 
 
+async def openapi_view(request: web.Request) -> web.Response:
+    """GET /openapi.json: the read API's OpenAPI 3.1 description (docs/openapi/read-api.json); open."""
+    return web.Response(body=served(), content_type="application/json")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own 404 and 405 under the API's paths answer in the API's JSON error shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith(API_PATHS):
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        body = orjson.dumps({"error": f"{exc.reason.lower()}: {request.method} {request.path[:200]}"})
+        return web.Response(body=body, status=exc.status, content_type="application/json", headers=headers)
+
+
 def add_api_routes(app: web.Application) -> None:
     """GET /api/rooms, /api/rooms/{room_id}/snapshot, /api/sales/{sale_id}, /api/rooms/{room_id}/funnel,
-    /api/access. Every answer needs the grant ``consumers.access.middleware`` leaves on the request:
-    an app that mounts these routes without it answers 401 to everything."""
+    /api/access, and /openapi.json (open), with JSON answers for unknown /api paths and wrong methods.
+    Every /api answer needs the grant ``consumers.access.middleware`` leaves on the request: an app
+    that mounts these routes without it answers 401 to everything."""
+    app.middlewares.append(json_errors)
+    app.router.add_get("/openapi.json", openapi_view)
     app.router.add_get("/api/access", whoami)
     app.router.add_get("/api/rooms", rooms)
     app.router.add_get("/api/rooms/{room_id}/snapshot", snapshot)

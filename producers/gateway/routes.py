@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from producers.decisions import Decision, read_decision
+from producers.gateway import openapi
 from producers.gateway.http import ApiError, check_content_type, client_ip, json_response, parse_json, read_body
 from producers.gateway.ratelimit import retry_after_header
 from producers.gateway.scopes import Principal
@@ -263,6 +264,11 @@ async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def openapi_view(request: web.Request) -> web.Response:
+    """GET /openapi.json: the gateway's OpenAPI 3.1 description (docs/openapi/gateway.json)."""
+    return web.Response(body=openapi.served(), content_type="application/json")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/events", post_events)
     app.router.add_post("/v1/sales/{sale_id}/orders", post_order)
@@ -270,3 +276,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/openapi.json", openapi_view)
