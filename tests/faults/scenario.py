@@ -45,11 +45,12 @@ async def wait_answers(bootstrap: str, prefix: str, traffic: Traffic, timeout: f
 async def verify(bootstrap: str, redis_url: str, prefix: str, traffic: Traffic, sales: list[SaleSpec],
                  client: aioredis.Redis, group: WorkerGroup, tag: str = "fresh",
                  room_fields: tuple[str, ...] = ROOM_FIELDS,
-                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Outcome:
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                 answer_timeout: float = ANSWER_TIMEOUT_S) -> Outcome:
     """Every pass criterion of the suite, in order; returns the decisions log and a summary."""
     started = time.monotonic()
     ledger = traffic.ledger
-    decisions = await wait_answers(bootstrap, prefix, traffic)
+    decisions = await wait_answers(bootstrap, prefix, traffic, answer_timeout)
     answered_s = time.monotonic() - started
     missing = sorted(set(ledger.attempts) - answered(decisions))
     if missing:  # evidence for the report: does Redis know the orders the log never answered?

@@ -7,6 +7,7 @@ decision goes to test-artifacts/faults.jsonl (docs/RELIABILITY.md quotes it)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,34 +38,37 @@ ATTEMPTS = 20_000
 RATE = 1000  # attempts/s: the burst lasts ~20 s, long enough to hold all three faults
 FAULT_S = 3.0  # how long each fault lasts
 LATENCY_MS = 150  # per chunk, each way
+PLAN = ((0.1, "cut"), (0.3, "latency"), (0.5, "blackhole"))
 LIGHT_BAD = BadMix(malformed=0.002, unknown_type=0.001, bad_version=0.001)
 
 
 async def run_faults(proxy: TcpProxy, group: WorkerGroup, traffic: Traffic, rc: aioredis.Redis,
-                     sales: list[SaleSpec]) -> list[dict[str, Any]]:
-    """Cut, latency and blackhole in turn while the burst goes on; returns one entry per fault with
-    its wall-clock window and the time from heal to the next decision (Redis attempt counters)."""
+                     sales: list[SaleSpec], plan: tuple[tuple[float, str], ...] = PLAN,
+                     resume_timeout: float = 90.0) -> list[dict[str, Any]]:
+    """The faults of ``plan`` (at a fraction of the burst, in turn) while the burst goes on; returns
+    one entry per fault with its wall-clock window and the time from heal to the next decision
+    (Redis attempt counters, read directly)."""
     inject: dict[str, Callable[[], float]] = {
         "cut": lambda: proxy.cut(FAULT_S),
         "latency": lambda: proxy.latency(LATENCY_MS),
         "blackhole": proxy.blackhole,
     }
     faults = []
-    for fraction, kind in ((0.1, "cut"), (0.3, "latency"), (0.5, "blackhole")):
+    for fraction, kind in plan:
         await traffic.reached(fraction)
         stats = dict(proxy.stats)
         started = inject[kind]()
         await asyncio.sleep(FAULT_S / 2)
         readyz = {n: (await group.readyz(n))[0] for n in group.workers}
         decided_mid = await decided(rc, sales)
-        await asyncio.sleep(FAULT_S / 2)
+        await asyncio.sleep(max(0.0, started + FAULT_S - time.time()))
         before = await decided(rc, sales)
         healed = proxy.heal()
         traffic.release(300)  # something left to decide after the heal, whatever the timing
-        resumed_s = await resumed_after(rc, sales, before, healed)
+        resumed_s = await resumed_after(rc, sales, before, healed, resume_timeout)
         hit = {k: v - stats.get(k, 0) for k, v in proxy.stats.items() if v != stats.get(k, 0)}
         faults.append({"fault": kind, "started_ms": int(started * 1000), "healed_ms": int(healed * 1000),
-                       "decided_during": before - decided_mid, "readyz_during": readyz,
+                       "decided_during_second_half": before - decided_mid, "readyz_during": readyz,
                        "heal_to_progress_s": round(resumed_s, 2), "proxy": hit})
         await asyncio.sleep(1.0)
     return faults
@@ -108,32 +112,76 @@ async def test_redis_network_faults(broker: Broker, aof_redis: AofRedis, rc: aio
                            "faults": summarize(faults, out), **sampled, **out.summary})
 
 
-async def test_broker_network_faults(proxied_broker: tuple[Broker, TcpProxy],  # noqa: F811
-                                     aof_redis: AofRedis, rc: aioredis.Redis, topic_prefix: str,
-                                     tmp_path: Path, artifacts_dir: Path) -> None:
-    broker, proxy = proxied_broker
-    await ensure_topics(broker.bootstrap, topic_prefix, partitions=PARTITIONS)
-    group = WorkerGroup(fault_env(broker, aof_redis.url, topic_prefix), tmp_path / "logs")
+async def broker_case(broker: Broker, proxy: TcpProxy, aof_redis: AofRedis, rc: aioredis.Redis, prefix: str,
+                      log_dir: Path, plan: tuple[tuple[float, str], ...], seed: int, resume_timeout: float = 90.0,
+                      answer_timeout: float = 180.0) -> dict[str, Any]:
+    """The burst with ``plan``'s faults on the workers' broker connections; every pass criterion."""
+    await ensure_topics(broker.bootstrap, prefix, partitions=PARTITIONS)
+    group = WorkerGroup(fault_env(broker, aof_redis.url, prefix), log_dir)
     try:
         await group.start("a", "b")
-        await group.wait_split(TopicNames(topic_prefix).orders)
+        await group.wait_split(TopicNames(prefix).orders)
         sales = make_sales(PARTITIONS, allotment=2000)  # sells out late in the burst, after the faults
         hold = asyncio.Event()
-        async with (Traffic(broker.bootstrap, topic_prefix, sales, ATTEMPTS, rate=RATE, bad=LIGHT_BAD, hold=hold,
-                            hold_fraction=0.15, seed=14) as traffic,
+        async with (Traffic(broker.bootstrap, prefix, sales, ATTEMPTS, rate=RATE, bad=LIGHT_BAD, hold=hold,
+                            hold_fraction=0.15, seed=seed) as traffic,
                     InvariantSampler(rc, sales) as sampler):
             await traffic.open_sales()
             sending = asyncio.create_task(traffic.run())
-            faults = await run_faults(proxy, group, traffic, rc, sales)
+            faults = await run_faults(proxy, group, traffic, rc, sales, plan, resume_timeout)
             hold.set()
             await sending
-            out = await verify(broker.bootstrap, aof_redis.url, topic_prefix, traffic, sales, rc, group,
-                               tag="fresh-broker-net")
+            out = await verify(broker.bootstrap, aof_redis.url, prefix, traffic, sales, rc, group,
+                               tag="fresh-broker-net", answer_timeout=answer_timeout)
         sampled = sampler.check()
     finally:
         group.stop_all()
-    by_kind = {f["fault"]: f for f in faults}
-    assert by_kind["cut"]["proxy"].get("cut_closed"), f"the cut closed no worker connection: {by_kind['cut']}"
-    assert by_kind["blackhole"]["proxy"].get("blackholed"), f"the blackhole caught nothing: {by_kind['blackhole']}"
-    record(artifacts_dir, {"test": "broker_network_faults", "fault_s": FAULT_S, "latency_ms_each_way": LATENCY_MS,
-                           "faults": summarize(faults, out), **sampled, **out.summary})
+    for f in faults:
+        key = {"cut": "cut_closed", "blackhole": "blackholed", "latency": "faultable"}[f["fault"]]
+        if f["fault"] != "latency":
+            assert f["proxy"].get(key), f"the {f['fault']} hit no worker connection: {f}"
+    return {"fault_s": FAULT_S, "latency_ms_each_way": LATENCY_MS, "faults": summarize(faults, out),
+            "faulted_connections": proxy.stats["faultable"], **sampled, **out.summary}
+
+
+async def test_broker_cut_and_latency(proxied_broker: tuple[Broker, TcpProxy],  # noqa: F811
+                                      aof_redis: AofRedis, rc: aioredis.Redis, topic_prefix: str,
+                                      tmp_path: Path, artifacts_dir: Path) -> None:
+    broker, proxy = proxied_broker
+    entry = await broker_case(broker, proxy, aof_redis, rc, topic_prefix, tmp_path / "logs",
+                              ((0.1, "cut"), (0.35, "latency")), seed=14)
+    record(artifacts_dir, {"test": "broker_cut_and_latency", **entry})
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug (issue 13, item 6): the worker sets no Kafka time limits of its own; a blackholed broker "
+    "connection is noticed only after broker_request_timeout (max(40, session+5) = 40 s in "
+    "streams/settings.py faust_options), and the rebalance that follows hangs in Faust's "
+    "_on_partitions_revoked -> producer.flush() on the blackholed producer connection for "
+    "producer_request_timeout (Faust default 1200 s): no decision for minutes after a 3 s blackhole"))
+async def test_broker_blackhole(proxied_broker: tuple[Broker, TcpProxy],  # noqa: F811
+                                aof_redis: AofRedis, rc: aioredis.Redis, topic_prefix: str,
+                                tmp_path: Path, artifacts_dir: Path) -> None:
+    broker, proxy = proxied_broker
+    # Bounded waits: a worker that notices a hung broker connection in about a second (issue 13)
+    # decides again within seconds of the heal; today it takes 40 s to minutes.
+    entry = await broker_case(broker, proxy, aof_redis, rc, topic_prefix, tmp_path / "logs",
+                              ((0.2, "blackhole"),), seed=15, resume_timeout=30.0, answer_timeout=60.0)
+    record(artifacts_dir, {"test": "broker_blackhole", **entry})
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug (issue 13, item 6, 'the first /readyz after a Redis outage answers a false 503'): the "
+    "readiness probe's Redis client (streams/pipeline.py RedisClients.probe, used by "
+    "streams/web.py redis_problem) PINGs on its pooled connection that the outage closed and reports "
+    "the error instead of retrying on a fresh connection, while Redis is up and the agents work"))
+async def test_readyz_true_after_redis_connections_drop(aof_redis: AofRedis, topic_prefix: str, group_factory: Any,
+                                                        proxy_factory: Any) -> None:  # noqa: F811
+    proxy: TcpProxy = proxy_factory(aof_redis.port, name="redis")
+    group = group_factory(FLASHSALE_REDIS_URL=proxy.url)
+    await group.start("a")
+    assert (await group.readyz("a"))[0] == 200
+    proxy.repoint(aof_redis.port)  # every open connection drops (as a failover or a cut does); Redis stays up
+    await asyncio.sleep(0.5)
+    codes = [(await group.readyz("a"))[0] for _ in range(3)]
+    assert codes == [200, 200, 200], f"/readyz with Redis up after its connections dropped: {codes}"
