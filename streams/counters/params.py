@@ -36,7 +36,11 @@ class CounterParams:
 
     @property
     def dedupe_ttl_s(self) -> int:
-        return self.dedupe_ms // SECOND_MS + 120
+        """Wall-clock TTL of the dedupe sets: the idle TTL of the room or sale, like the state (each
+        partition's newest event time) that defines their horizon. They are deleted by event time once
+        behind the horizon; a shorter wall-clock TTL would let a quiet room forget ids its horizon still
+        covers, and a republish of them would count twice."""
+        return self.room_ttl_s
 
     @classmethod
     def from_settings(cls, settings: Any) -> CounterParams:

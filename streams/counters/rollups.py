@@ -14,10 +14,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from kernel.clock import pipeline_time_ms
 from schemas.events import (
     CartAdded,
     Event,
     OrderAccepted,
+    OrderCancelled,
     OrderPaid,
     OrderPlaced,
     SaleOpened,
@@ -26,13 +28,13 @@ from schemas.events import (
 
 POSITION_SCALE: Final = 10_000  # > schemas.codec.MAX_BATCH_ITEMS; positions stay below 2**53
 ROOM_FIELDS: Final = ("partition", "position", "digest", "ts", "kind", "user", "channel", "sku", "n", "referrer")
-SALE_FIELDS: Final = ("partition", "position", "digest", "ts", "kind", "order_id", "n")
+SALE_FIELDS: Final = ("partition", "position", "digest", "ts", "kind", "order_id", "n", "user", "pipeline_ts")
 ENGAGEMENT_KINDS: Final = {
     "viewer.joined": "J", "viewer.left": "L", "viewer.liked": "K", "viewer.commented": "C",
     "viewer.shared": "S", "product.clicked": "P", "cart.added": "A", "cart.removed": "R",
 }
 # Order-side types the counters use; the others (sale.closed, stock.adjusted, ...) are the stock core's.
-ORDER_TYPES: Final = frozenset({"order.placed", "order.paid", "sale.opened"})
+ORDER_TYPES: Final = frozenset({"order.placed", "order.paid", "order.cancelled", "sale.opened"})
 DECISION_TYPES: Final = frozenset({"order.accepted", "order.rejected", "order.expired", "sale.sold_out"})
 
 
@@ -44,11 +46,17 @@ class Item:
     offset: int
     index: int  # position of the event among the record's valid events
     event: Event
+    record_ts: int | None = None  # the record's Kafka timestamp: the pipeline's clock (kernel.clock)
 
     @property
     def position(self) -> int:
         """A total order of events within a partition: the record offset, then the index in it."""
         return self.offset * POSITION_SCALE + self.index
+
+    @property
+    def pipeline_ts(self) -> int:
+        """The time the stock core judges the event by (its record's timestamp, else its own time)."""
+        return pipeline_time_ms(self.event.ts, self.record_ts)
 
 
 @dataclass(slots=True)
@@ -122,14 +130,16 @@ def _sale_op(ops: Ops, item: Item, kind: str, order_id: str, n: int) -> None:
     e = item.event
     # a payment also carries its full event id: the first one paying an order owns the payment
     dedupe = f"{digest(e.event_id)}|{e.event_id}" if kind == "Y" else str(digest(e.event_id))
-    ops.rows.append([item.partition, item.position, dedupe, e.ts, kind, order_id, n])
+    ops.rows.append([item.partition, item.position, dedupe, e.ts, kind, order_id, n, e.user_id, item.pipeline_ts])
     ops.timestamps.append(e.ts)
     if kind == "Y":
         ops.paid_ids.append(e.event_id)
 
 
 def order_sale_ops(items: Iterable[Item]) -> dict[str, Ops]:
-    """Sale operations of the orders topic: attempts (order.placed) and payments (order.paid)."""
+    """Sale operations of the orders topic: attempts (order.placed), payments (order.paid: the client's
+    amount only compared with the stock core's price, never counted) and cancels (order.cancelled:
+    a payment after the owner's cancel is refused by the stock core, so it does not count)."""
     groups: dict[str, Ops] = {}
     for item in items:
         d = item.event.data
@@ -138,12 +148,15 @@ def order_sale_ops(items: Iterable[Item]) -> dict[str, Ops]:
         elif isinstance(d, OrderPaid):
             amount = d.amount if d.amount is not None else -1
             _sale_op(_sale(groups, d.sale_id, item.event.room_id), item, "Y", d.order_id, amount)
+        elif isinstance(d, OrderCancelled):
+            _sale_op(_sale(groups, d.sale_id, item.event.room_id), item, "X", d.order_id, 0)
     return groups
 
 
 def order_room_ops(items: Iterable[Item], paid: Mapping[tuple[str, str], int]) -> dict[str, Ops]:
     """Room operations of the orders topic. ``paid`` maps (sale_id, event_id) of order.paid events
-    to the amount to count, or -1 when another event already counted the order's payment."""
+    to the amount the stock core confirmed (units x unit price of its order record), or -1 when the
+    stock core refuses the payment or another event already settled the order."""
     groups: dict[str, Ops] = {}
     for item in items:
         e = item.event

@@ -121,7 +121,8 @@ class CountersService:
             events = decoded.events
             if rec.timestamp_ms is not None and self.topic != DECISIONS:  # decisions: the workers' own times
                 events = self._clamped(events, rec)
-            items.extend(Item(rec.partition, rec.offset, rec.first_index + i, e) for i, e in enumerate(events))
+            items.extend(Item(rec.partition, rec.offset, rec.first_index + i, e, rec.timestamp_ms)
+                         for i, e in enumerate(events))
             if self.fault_marker:
                 for e in decoded.events:
                     check_fault(self.fault_marker, e.event_id)

@@ -236,13 +236,16 @@ class Harness:
 
 
 async def write_stock_orders(client: aioredis.Redis, sc: Scenario) -> None:
-    """What the stock core would have recorded for accepted orders (the price of order.paid without amount)."""
+    """What the stock core would have recorded for accepted orders: owner, units, unit price and deadline
+    (the counters count a payment as the stock core prices it)."""
+    placed = {e.data.order_id: e for e in sc.events if e.type == "order.placed"}  # type: ignore[attr-defined]
     for oid, (q, p) in sc.prices.items():
-        sale_id = "s1" if any(e.event_id == f"place-{oid}" and e.data.sale_id == "s1"  # type: ignore[attr-defined]
-                              for e in sc.events if e.type == "order.placed") else "s2"
-        await client.hset(keys.sale_orders(sale_id), oid, orjson.dumps({"s": "reserved", "q": q, "p": p}))
+        e = placed[oid]
+        await client.hset(keys.sale_orders(e.data.sale_id), oid,  # type: ignore[attr-defined]
+                          orjson.dumps({"s": "reserved", "q": q, "p": p, "u": e.user_id, "d": e.ts + 300_000}))
     for oid, (sale_id, state) in sc.refused.items():
-        await client.hset(keys.sale_orders(sale_id), oid, orjson.dumps({"s": state, "q": 1, "p": 100}))
+        await client.hset(keys.sale_orders(sale_id), oid,
+                          orjson.dumps({"s": state, "q": 1, "p": 100, "u": placed[oid].user_id}))
 
 
 # --- the reference ---------------------------------------------------------------------------------
@@ -741,7 +744,9 @@ async def test_dedupe_sets_stay_integer_sets_at_high_rates(redis_client: aioredi
     for k in sets:
         bucket, shard = (int(x) for x in k.decode().rsplit(":", 2)[1:])
         info[(bucket, shard)] = ((await redis_client.object("encoding", k)).decode(), await redis_client.scard(k))
-    assert sum(n for _, n in info.values()) == len(evs)
+    # every set also holds the sentinel "0" it was created with (a missing set then means expired)
+    assert all([await redis_client.sismember(k, "0") for k in sets])
+    assert sum(n for _, n in info.values()) == len(evs) + len(sets)
     first = min(b for b, _ in info)
     # the first bucket has no history, so one set (a hashtable of 3000); the later ones are sharded
     assert [enc for (b, _), (enc, _) in info.items() if b == first] == ["hashtable"]

@@ -1,4 +1,9 @@
--- counters_lib.lua: shared by counters_room.lua and counters_sale.lua (the gateway prepends it).
+#!lua
+-- counters_lib.lua: shared by counters_room.lua and counters_sale.lua (the store prepends it, so the
+-- "#!lua" line above is the first line of both scripts: Redis 7+ then treats them as scripts with
+-- flags, refusing them before they run under OOM / READONLY / min-replicas trouble instead of half-way
+-- through, and allowing only keys of the declared keys' slot. Every key they touch is derived from
+-- KEYS[1] and shares its hash tag, so one slot, as Redis Cluster needs.)
 --
 -- Per (stream, partition) state of one room or sale, kept in its counter hash B:
 --   wm:<st>:<p>  position watermark (record offset * 10000 + index): events at or below it are replays
@@ -11,11 +16,18 @@
 -- event-time bucket, split into 1..64 shards sized from the previous bucket so each set stays under
 -- set-max-intset-entries (512): Redis then stores them as integer sets, 8 bytes per id instead of
 -- ~50-80 for a hashtable of strings.
+--
+-- Every shard set of a bucket is created with the bucket (holding the SENTINEL member), so a set
+-- that is missing later was expired or evicted, never just empty: its ids can no longer be checked,
+-- and events of that bucket are dropped as too old rather than counted a second time. Buckets are
+-- deleted by event time (part_finish, the same clock as the horizon); their TTL is the room's idle
+-- TTL, so they live as long as the state (nw) that defines the horizon.
 
 local floor = math.floor
 local DBW = 10000
 local SHARD_TARGET = 256
 local MAX_SHARDS = 64
+local SENTINEL = '0'
 
 local function part_state(B, st, parts, p)
   local s = parts.map[p]
@@ -23,7 +35,7 @@ local function part_state(B, st, parts, p)
     local f = st .. ':' .. p
     local v = redis.call('HMGET', B, 'wm:' .. f, 'nw:' .. f, 'dl:' .. f, 'dc:' .. f)
     s = {f = f, wm = tonumber(v[1]) or -1, nw = tonumber(v[2]) or 0, dl = tonumber(v[3]), cc = 0, pc = 0,
-         shards = {}, names = {}, touched = {}}
+         shards = {}, names = {}, touched = {}, gone = {}}
     if v[4] then
       local a, b, c = string.match(v[4], '(%S+) (%S+) (%S+)')
       s.cb, s.cc, s.pc = tonumber(a), tonumber(b), tonumber(c)
@@ -44,12 +56,22 @@ local function dd_shards(B, s, b)
     S = 1
     while S < want and S < MAX_SHARDS do S = S * 2 end
     redis.call('HSET', B, field, S)
+    -- the bucket's sets exist from now on (see SENTINEL), so later a missing one means expired
+    local names = {}
+    for i = 0, S - 1 do
+      local key = B .. ':dd:' .. s.f .. ':' .. b .. ':' .. i
+      redis.call('SADD', key, SENTINEL)
+      names[i] = key
+      s.touched[key] = true
+    end
+    s.names[b] = names
   end
   s.shards[b] = S
   return S
 end
 
--- true when the digest was not seen before (it is recorded now)
+-- true when the digest was not seen before (it is recorded now), false for a duplicate, nil when
+-- the bucket's set is gone (expired or evicted): the id cannot be checked, so it must not count
 local function dd_add(B, s, digest, ts)
   local b = floor(ts / DBW)
   if s.cb == nil or b > s.cb then
@@ -64,8 +86,9 @@ local function dd_add(B, s, digest, ts)
   if key == nil then
     key = B .. ':dd:' .. s.f .. ':' .. b .. ':' .. shard
     names[shard] = key
-    s.touched[key] = true
+    if redis.call('EXISTS', key) == 0 then s.gone[key] = true else s.touched[key] = true end
   end
+  if s.gone[key] then return nil end
   if redis.call('SADD', key, digest) == 0 then return false end
   if b == s.cb then s.cc = s.cc + 1 end
   return true
@@ -80,7 +103,30 @@ local function dd_drop(B, s, b)
   end
 end
 
--- drop buckets behind the partition's dedupe horizon; give fresh sets their TTL; return state fields
+-- Whether an event of partition state s at position off (digest, event time ts) is counted:
+-- APPLY, or REPLAY (a redelivery at or behind the watermark), DUP (a producer duplicate: same id at a
+-- new position), OLD (behind the dedupe horizon, or its dedupe set is gone: cannot be checked).
+-- The watermark alone never skips an event: one at or behind it whose id is new comes from a topic
+-- that was deleted and recreated (its offsets restarted) or otherwise reset; it is counted, the
+-- watermark moves back to it and `resets` goes up. Exactly once rests on the event ids.
+local APPLY, REPLAY, DUP, OLD = 1, 2, 3, 4
+local resets = 0
+local function admit(B, s, off, digest, ts, DD)
+  local behind = off <= s.wm
+  local fresh = nil
+  if ts >= s.nw - DD then fresh = dd_add(B, s, digest, ts) end
+  if behind then
+    if not fresh then return REPLAY end
+    resets = resets + 1
+  end
+  s.wm = off
+  if fresh then return APPLY end
+  if fresh == false then return DUP end
+  return OLD
+end
+
+-- drop buckets behind the partition's dedupe horizon (event time); refresh the TTL of the sets used
+-- (DTTL: the idle TTL of the room or sale); return state fields
 local function part_finish(B, s, DD, DTTL, out)
   local hb = floor((s.nw - DD) / DBW)
   local from = s.dl or hb

@@ -5,7 +5,8 @@
 -- ARGV[1]  stream code: e (engagement topic) | o (orders topic)
 -- ARGV[2]  lateness ms       ARGV[3] dedupe horizon ms   ARGV[4] stale-viewer ms
 -- ARGV[5]  seconds of per-second buckets kept            ARGV[6] minute-window TTL s
--- ARGV[7]  dedupe-set TTL s  ARGV[8] idle TTL of the room's keys s   ARGV[9] referrers kept
+-- ARGV[7]  dedupe-set TTL s (the idle TTL: buckets are deleted by event time)
+-- ARGV[8]  idle TTL of the room's keys s   ARGV[9] referrers kept
 -- ARGV[10] spike state field ('' = none)  ARGV[11] spike window s  ARGV[12] max seconds of counts returned
 -- ARGV[13] minutes in the funnel window   ARGV[14] the channels, space-separated
 -- ARGV[15] the events, in partition order, as a JSON array of arrays:
@@ -14,10 +15,13 @@
 --   kinds: J joined, L left, K liked (n likes), C commented, S shared, P product click, A cart add (n units),
 --          R cart remove, O order placed, Y order paid (n = amount), N sale opened (sku = sale id)
 --
--- Exactly-once effects under at-least-once delivery:
---   * a per-(stream, partition) position watermark skips events already applied (replays, rebalances);
---   * per-(stream, partition) sets of event id digests (10 s event-time buckets) drop producer duplicates;
---   * events older than the dedupe horizon (vs. their partition's newest time) are dropped as too old.
+-- Exactly-once effects under at-least-once delivery (admit() in counters_lib.lua):
+--   * per-(stream, partition) sets of event id digests (10 s event-time buckets, deleted by event time)
+--     drop replays (redelivered records) and producer duplicates alike;
+--   * a per-(stream, partition) position watermark tells the two apart, never skips on its own: a new
+--     id behind it (a recreated topic restarting its offsets) is counted and resets it;
+--   * events older than the dedupe horizon (vs. their partition's newest time), or whose dedupe set
+--     is gone, are dropped as too old: their id cannot be checked.
 -- Events older than the lateness bound count in totals but not in windows (series, minute buckets).
 --
 -- Returns {applied, dups, late, too_old, replayed, stream newest ms, spike state or '', lo second, {counts}}
@@ -140,18 +144,17 @@ local events = cjson.decode(ARGV[15])
 for i = 1, #events do
   local e = events[i]
   local ps = part_state(B, st, parts, e[1])
-  local off = e[2]
-  if off <= ps.wm then
+  local v = admit(B, ps, e[2], e[3], e[4], DD)
+  if v == REPLAY then
     replay = replay + 1
+  elseif v == OLD then
+    old = old + 1
+  elseif v == DUP then
+    dups = dups + 1
   else
-    ps.wm = off
-    local ts = e[4]
-    local pn = ps.nw
-    if ts < pn - DD then
-      old = old + 1
-    elseif not dd_add(B, ps, e[3], ts) then
-      dups = dups + 1
-    else
+    do
+      local ts = e[4]
+      local pn = ps.nw
       local minute = floor(ts / 60000)
       applied = applied + 1
       if ts > pn then ps.nw = ts end
@@ -234,6 +237,7 @@ end
 
 -- totals and state
 if dups > 0 then inc(tot, 'dups', dups) end
+if resets > 0 then inc(tot, 'resets', resets) end
 if late > 0 then inc(tot, 'late', late) end
 if old > 0 then inc(tot, 'too_old', old) end
 for k, n in pairs(tot) do redis.call('HINCRBY', B, k, n) end

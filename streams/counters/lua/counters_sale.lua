@@ -1,24 +1,29 @@
 -- counters_sale.lua: apply one sale's order-side events to its rate buckets, idempotently.
 --
 -- KEYS[1]  the sale's counter hash (fs:{s:<sale>}:cnt); other counter keys derive from it
--- KEYS[2]  the stock core's order hash (fs:{s:<sale>}:orders), read only: prices of paid orders
+-- KEYS[2]  the stock core's order hash (fs:{s:<sale>}:orders), read only: the stock core's verdict on payments
 -- ARGV[1]  stream code: o (orders topic) | d (order-decisions topic)
 -- ARGV[2]  lateness ms   ARGV[3] dedupe horizon ms   ARGV[4] seconds of buckets kept
--- ARGV[5]  dedupe-set TTL s   ARGV[6] idle TTL s
+-- ARGV[5]  dedupe-set TTL s (the idle TTL: buckets are deleted by event time)   ARGV[6] idle TTL s
 -- ARGV[7]  spike state field ('' = none)   ARGV[8] spike window s   ARGV[9] max seconds of counts returned
 -- ARGV[10] the events as a JSON array of arrays:
---   [partition, position (offset * 10000 + index), event id digest (decimal string), ts, kind, order_id, n]
---   kinds: O order placed (an attempt), A order accepted (n units), Y order paid (n amount, -1 = unknown)
+--   [partition, position (offset * 10000 + index), event id digest (decimal string), ts, kind, order_id, n,
+--    user, pipeline time (the record's timestamp, ms)]
+--   kinds: O order placed (an attempt), A order accepted (n units), Y order paid (n = the client's amount,
+--   -1 = none; only compared, never counted), X order cancelled.
 --   Y events also carry the full event id after the digest, as "<digest>|<event id>", for the payment owner.
 --
--- The watermark / dedupe / lateness rules are those of counters_room.lua. Besides, each order's
--- payment is counted once: the first order.paid event of an order owns it, and the verdict for a
--- paid event (its amount, or -1 when another event owns the payment or the stock core refuses it:
--- the order was rejected, or released before the payment) is the same however often it is asked,
--- so the room call that follows may be retried after a crash.
+-- The watermark / dedupe / lateness rules are those of counters_room.lua (admit()). Besides, each
+-- order's payment is counted once and only as the stock core confirms it: the verdict for a paid
+-- event is the units x unit price of the stock core's order record when the stock core sells the
+-- order on that payment (its own user, a held reservation, in time by the pipeline's clock), else -1
+-- (another event settled the order, the order was rejected, released or cancelled, the payment was
+-- late or not the owner's). The first payment that settles the order is stored with its verdict, so
+-- the verdict is the same however often it is asked and the room call that follows may be retried
+-- after a crash. Room GMV is then the sum of the sales' GMV, which is the stock core's `gmv`.
 --
 -- Returns {applied, dups, late, too_old, replayed, stream newest ms, spike state or '', lo second,
---          {counts}, {verdicts of Y events, in order}, unpriced}
+--          {counts}, {verdicts of Y events, in order}, 0 (formerly unpriced payments)}
 -- (counters_lib.lua is prepended)
 
 local B = KEYS[1]
@@ -45,77 +50,93 @@ local function order_record(oid)
   return nil
 end
 
--- States in which the stock core refuses a payment (not_accepted, late_payment): not counted.
-local REFUSED = {rejected = true, expired = true, cancelled = true}
+-- The stock core's verdict on a payment, decided from its order record by the rules of stock.lua:
+-- only the order's own user pays, a reservation is sold when paid at or before its deadline by the
+-- pipeline's clock (the payment record's timestamp), a late payment releases it, a rejected,
+-- expired or cancelled order is refused. The amount is what the stock core counts (units x the
+-- order's unit price), never the client's `amount`. Returns amount or -1, and whether the payment
+-- ends the order for the stock core (so no later payment of it can count).
+local function stock_verdict(rec, user, pt)
+  if not rec or rec.u ~= user then return -1, false end
+  local q, p = tonumber(rec.q), tonumber(rec.p)
+  if not q or not p then return -1, false end
+  if rec.s == 'sold' then return q * p, true end
+  if rec.s == 'reserved' then
+    if pt > (tonumber(rec.d) or 0) then return -1, true end
+    return q * p, true
+  end
+  return -1, false
+end
 
-local applied, dups, late, old, replay, unpriced, refused = 0, 0, 0, 0, 0, 0, 0
+local applied, dups, late, old, replay = 0, 0, 0, 0, 0
+local refused, mismatched = 0, 0
 local tot, secs, verdicts = {}, {}, {}
 local function inc(t, k, n) t[k] = (t[k] or 0) + n end
 
 local events = cjson.decode(ARGV[10])
 for i = 1, #events do
   local e = events[i]
-  local off, digest, ts, kind, oid, n = e[2], e[3], e[4], e[5], e[6], e[7]
+  local off, digest, ts, kind, oid, n, user, pt = e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9]
+  local verdict = nil
   if kind == 'Y' then
+    -- the first payment that settles the order for the stock core owns it (PAID: order -> event | amount);
+    -- the verdict of an event is the same however often it is asked, so the room call may be retried
     local sep = string.find(digest, '|', 1, true)
     local eid = string.sub(digest, sep + 1)
     digest = string.sub(digest, 1, sep - 1)
     local owner = redis.call('HGET', PAID, oid)
     if not owner then
-      local amount = n
-      local rec = order_record(oid)
-      if rec and REFUSED[rec.s] then
-        amount = -1; refused = refused + 1
-      elseif amount < 0 then
-        if rec and tonumber(rec.q) and tonumber(rec.p) then
-          amount = tonumber(rec.q) * tonumber(rec.p)
-        else
-          amount = 0; unpriced = unpriced + 1
-        end
-      end
-      redis.call('HSET', PAID, oid, eid .. '|' .. string.format('%d', amount))
-      verdicts[#verdicts + 1] = amount
+      local ends
+      verdict, ends = stock_verdict(order_record(oid), user, pt)
+      if ends then redis.call('HSET', PAID, oid, eid .. '|' .. string.format('%d', verdict)) end
     else
-      local sep = string.find(owner, '|', 1, true)
-      if string.sub(owner, 1, sep - 1) == eid then
-        verdicts[#verdicts + 1] = tonumber(string.sub(owner, sep + 1))
+      local at = string.find(owner, '|', 1, true)
+      if string.sub(owner, 1, at - 1) == eid then
+        verdict = tonumber(string.sub(owner, at + 1))
       else
-        verdicts[#verdicts + 1] = -1
+        verdict = -1
       end
     end
+    verdicts[#verdicts + 1] = verdict
+  elseif kind == 'X' and not redis.call('HGET', PAID, oid) then
+    -- the owner's cancel of a reservation the stock core still holds releases it: no payment after it counts
+    local rec = order_record(oid)
+    if rec and rec.u == user and rec.s == 'reserved' then redis.call('HSET', PAID, oid, 'x:' .. digest .. '|-1') end
   end
   local ps = part_state(B, st, parts, e[1])
-  if off <= ps.wm then
+  local pn = ps.nw
+  local v = admit(B, ps, off, digest, ts, DD)
+  if v == REPLAY then
     replay = replay + 1
+  elseif v == OLD then
+    old = old + 1
+  elseif v == DUP then
+    dups = dups + 1
   else
-    ps.wm = off
-    local pn = ps.nw
-    if ts < pn - DD then
-      old = old + 1
-    else
-      if not dd_add(B, ps, digest, ts) then
-        dups = dups + 1
+    applied = applied + 1
+    if ts > pn then ps.nw = ts end
+    if ts > newest then newest = ts end
+    local in_window = ts >= pn - LATE
+    if not in_window then late = late + 1 end
+    local sec = floor(ts / 1000)
+    local b = nil
+    if in_window and (kind == 'O' or kind == 'A') then
+      b = secs[sec]
+      if b == nil then b = {0, 0, 0}; secs[sec] = b end
+    end
+    if kind == 'O' then
+      inc(tot, 'attempts', 1)
+      if b then b[1] = b[1] + 1 end
+    elseif kind == 'A' then
+      inc(tot, 'accepted', 1); inc(tot, 'accepted_units', n)
+      if b then b[2] = b[2] + 1; b[3] = b[3] + n end
+    elseif kind == 'Y' then
+      inc(tot, 'paid_events', 1)
+      if verdict >= 0 then
+        inc(tot, 'paid', 1); inc(tot, 'gmv', verdict)
+        if n >= 0 and n ~= verdict then mismatched = mismatched + 1 end
       else
-        applied = applied + 1
-        if ts > pn then ps.nw = ts end
-        if ts > newest then newest = ts end
-        local in_window = ts >= pn - LATE
-        if not in_window then late = late + 1 end
-        local sec = floor(ts / 1000)
-        local b = nil
-        if in_window and (kind == 'O' or kind == 'A') then
-          b = secs[sec]
-          if b == nil then b = {0, 0, 0}; secs[sec] = b end
-        end
-        if kind == 'O' then
-          inc(tot, 'attempts', 1)
-          if b then b[1] = b[1] + 1 end
-        elseif kind == 'A' then
-          inc(tot, 'accepted', 1); inc(tot, 'accepted_units', n)
-          if b then b[2] = b[2] + 1; b[3] = b[3] + n end
-        elseif kind == 'Y' then
-          inc(tot, 'paid_events', 1)
-        end
+        refused = refused + 1
       end
     end
   end
@@ -124,9 +145,11 @@ end
 if dups > 0 then inc(tot, 'dups', dups) end
 if late > 0 then inc(tot, 'late', late) end
 if old > 0 then inc(tot, 'too_old', old) end
+if resets > 0 then inc(tot, 'resets', resets) end
+if refused > 0 then inc(tot, 'refused', refused) end
+if mismatched > 0 then inc(tot, 'amount_mismatch', mismatched) end
 for k, n in pairs(tot) do redis.call('HINCRBY', B, k, n) end
-if unpriced > 0 then redis.call('HINCRBY', B, 'unpriced', unpriced) end
-if refused > 0 then redis.call('HINCRBY', B, 'refused', refused) end
+
 if newest > nall then nall = newest end
 local state = {NF, newest, 'nall', nall}
 local cutoff = floor(nall / 1000) - KEEP
@@ -139,4 +162,4 @@ for _, k in ipairs({B, SEC, PAID}) do redis.call('EXPIRE', k, RTTL) end
 
 local spike, lo, counts = '', 0, ''
 if SPF ~= '' then spike, lo, counts = spike_input(B, SEC, SPF, SPW, SPMAX, '', newest, cutoff) end
-return {applied, dups, late, old, replay, newest, spike, lo, counts, verdicts, unpriced}
+return {applied, dups, late, old, replay, newest, spike, lo, counts, verdicts, 0}

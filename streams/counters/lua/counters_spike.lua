@@ -1,4 +1,7 @@
+#!lua
 -- counters_spike.lua: store a subject's spike-detector state and its new alerts (compare-and-set).
+-- ("#!lua": Redis 7+ refuses the script before it runs under OOM / READONLY, never half-way; every key
+-- it touches shares the hash tag of KEYS[1], one slot.)
 --
 -- KEYS[1]  the room's or sale's counter hash (fs:{r:<room>}:cnt or fs:{s:<sale>}:cnt)
 -- ARGV[1]  state field   ARGV[2] the last evaluated second the caller started from ('' = none)

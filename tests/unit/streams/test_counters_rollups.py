@@ -93,5 +93,5 @@ def test_decision_ops_count_accepted_units_and_flag_misplaced_types() -> None:
              ts=T, room_id="r", user_id="u")
     like = mk(ViewerLiked(), event_id="l", ts=T, room_id="r", user_id="u")
     sales, misplaced = decision_sale_ops([item(acc), item(rej, 1), item(like, 2)])
-    assert sales["s1"].rows == [[0, 0, str(digest("dec:o1")), T, "A", "o1", 2]]
+    assert sales["s1"].rows == [[0, 0, str(digest("dec:o1")), T, "A", "o1", 2, "u", T]]  # + user and pipeline time
     assert [m.event.event_id for m in misplaced] == ["l"]
