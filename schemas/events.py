@@ -42,6 +42,15 @@ Money: TypeAlias = Annotated[int, Meta(ge=0, le=MAX_EXACT, description="integer 
 Count: TypeAlias = Annotated[int, Meta(ge=0, le=MAX_EXACT)]
 Qty: TypeAlias = Annotated[int, Meta(ge=1, le=10_000)]
 Rate: TypeAlias = Annotated[float, Meta(ge=0, le=1e15)]
+MAX_TITLE_LEN: Final = 200
+MAX_IMAGE_URL_LEN: Final = 2048
+# Shown to hosts (and on a phone): one line of printable text, no control characters.
+ProductTitle: TypeAlias = Annotated[str, Meta(min_length=1, max_length=MAX_TITLE_LEN, pattern=r"^[^\x00-\x1f\x7f]+$",
+                                             description="product title shown on the dashboard, one line")]
+# An https URL or a path on the dashboard's own origin; never http:, javascript:, data: or //host.
+ImageUrl: TypeAlias = Annotated[str, Meta(min_length=2, max_length=MAX_IMAGE_URL_LEN,
+                                          pattern=r"""^(https://[^\s"'<>\\]+|/[^/\s"'<>\\][^\s"'<>\\]*)$""",
+                                          description="product image: an https:// URL or an absolute path (/...)")]
 
 
 class ValidationError(ValueError):
@@ -118,6 +127,9 @@ class SaleOpened(Payload, frozen=True):
     starts_at: EpochMs
     ends_at: EpochMs
     reservation_ttl_s: Annotated[int, Meta(ge=1, le=86_400)] = 300
+    # What the host's dashboard shows for the product (optional; without them it shows the SKU).
+    title: ProductTitle | None = None
+    image_url: ImageUrl | None = None
 
     def __post_init__(self) -> None:
         if self.ends_at <= self.starts_at:
