@@ -77,12 +77,62 @@ class ManagedProcess:
         self.stop(timeout=5, sig=signal.SIGKILL)
 
 
-def spawn(name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None) -> ManagedProcess:
+def stop_in_stages(stages: Sequence[Sequence[ManagedProcess]], timeout: float = 15.0) -> list[str]:
+    """Stop every process, stage by stage (clients before what they use): SIGTERM to a whole stage, then
+    wait for it together, SIGKILL whatever is left after ``timeout``. Never raises: one process that
+    cannot be signalled or waited for does not keep the others running. Returns what went wrong."""
+    problems: list[str] = []
+    for stage in stages:
+        for proc in stage:
+            try:
+                if proc.alive():
+                    os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            except OSError as exc:
+                problems.append(f"{proc.name} (pid {proc.pid}): SIGTERM failed: {exc}")
+        deadline = time.monotonic() + timeout
+        for proc in stage:
+            try:
+                proc.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                problems.append(f"{proc.name} (pid {proc.pid}) did not stop in {timeout:.0f}s; killed")
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.popen.wait(5)
+                except (OSError, subprocess.TimeoutExpired) as exc:
+                    problems.append(f"{proc.name} (pid {proc.pid}): SIGKILL failed: {exc}")
+            except OSError as exc:
+                problems.append(f"{proc.name} (pid {proc.pid}): {exc}")
+            try:
+                proc.stop(timeout=1)  # reaped above: closes the log
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                problems.append(f"{proc.name} (pid {proc.pid}): {exc}")
+    return problems
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies, however it dies (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's own shutdown still stops its children
+
+
+def spawn(name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None,
+          die_with_parent: bool = False) -> ManagedProcess:
+    """Start ``argv`` in its own session (a Ctrl-C on the terminal reaches the parent only, which stops its
+    children in order), output to ``log_dir/name.log``. ``die_with_parent``: the child gets SIGTERM if the
+    parent dies without stopping it (SIGKILL, a crash); only for single-threaded parents such as
+    ``flashsale up`` (it runs code between fork and exec)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "ab")
     popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env=env, start_new_session=True)
+                             env=env, start_new_session=True,
+                             preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None)
     logger.info("started %s pid=%d log=%s", name, popen.pid, log_path)
     return ManagedProcess(name, popen, log_path, log)
 
@@ -99,12 +149,12 @@ def tansu_binary() -> str:
 
 
 def start_tansu(port: int, log_dir: Path, host: str = "127.0.0.1", timeout: float = 20.0,
-                name: str = "tansu") -> ManagedProcess:
+                name: str = "tansu", die_with_parent: bool = False) -> ManagedProcess:
     """Start a memory-only Tansu broker on host:port and wait until it accepts connections."""
     url = f"tcp://{host}:{port}"
     proc = spawn(name, [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                         "--storage-engine", "memory://tansu/"], log_dir,
-                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")})
+                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}, die_with_parent=die_with_parent)
     try:
         wait_port(host, port, timeout, proc)
     except StackError:
@@ -123,13 +173,14 @@ def redis_server_binary() -> str:
 
 
 def start_redis(port: int, data_dir: Path, log_dir: Path, host: str = "127.0.0.1", appendonly: bool = False,
-                extra: Sequence[str] = (), timeout: float = 10.0, name: str = "redis") -> ManagedProcess:
+                extra: Sequence[str] = (), timeout: float = 10.0, name: str = "redis",
+                die_with_parent: bool = False) -> ManagedProcess:
     """Start redis-server bound to loopback; with ``appendonly`` it fsyncs the AOF every second."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [redis_server_binary(), "--bind", host, "--port", str(port), "--dir", str(data_dir),
             "--save", "", "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
             "--protected-mode", "no", "--daemonize", "no", *extra]
-    proc = spawn(name, argv, log_dir)
+    proc = spawn(name, argv, log_dir, die_with_parent=die_with_parent)
     try:
         wait_port(host, port, timeout, proc)
     except StackError:
@@ -139,9 +190,9 @@ def start_redis(port: int, data_dir: Path, log_dir: Path, host: str = "127.0.0.1
 
 
 def python_module(module: str, args: Sequence[str], log_dir: Path, name: str,
-                  env: dict[str, str] | None = None) -> ManagedProcess:
+                  env: dict[str, str] | None = None, die_with_parent: bool = False) -> ManagedProcess:
     """Run ``python -m module args`` with this interpreter as a managed child."""
-    return spawn(name, [sys.executable, "-m", module, *args], log_dir, env=env)
+    return spawn(name, [sys.executable, "-m", module, *args], log_dir, env=env, die_with_parent=die_with_parent)
 
 
 def redis_cli_binary() -> str:

@@ -10,6 +10,13 @@ environment is read in one place, :meth:`FlashsaleSettings.from_env`, from a map
 by default, a plain dict in tests): building a model directly (tests, ``updated``) never picks up
 stray variables. Command-line flags go through the same validation with :meth:`FlashsaleSettings.updated`.
 A bad value raises :class:`ConfigError` with one line naming the variable (or flag) and the problem.
+
+Beneath the process environment lies an env file, ``FLASHSALE_ENV_FILE`` (default
+``.flashsale/endpoints.env``, the file ``flashsale up`` writes its endpoints to): ``FLASHSALE_X=value``
+lines that apply where the environment does not set the variable. So ``flashsale audit`` or
+``simulate`` run beside ``flashsale up`` talk to that stack; a variable set in the environment, and a
+command-line flag, still win. A missing file is no error. The default file is read for the process
+environment only: a plain mapping (tests) reads a file only when it names one itself.
 """
 
 from __future__ import annotations
@@ -54,6 +61,46 @@ def _strip(value: Any) -> Any:
 # Booleans from the environment: true/false, 1/0, yes/no, on/off, any case, surrounding blanks ignored.
 Flag = Annotated[bool, BeforeValidator(_strip)]
 
+DEFAULT_ENV_FILE = ".flashsale/endpoints.env"
+ENV_FILE_VAR = "FLASHSALE_ENV_FILE"
+_ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+
+
+def parse_env_file(text: str, source: str = "env file") -> dict[str, str]:
+    """``NAME=value`` lines (``export`` allowed, ``#`` comments and blank lines skipped, one pair of
+    matching quotes around the value removed) → {NAME: value}. A line of another shape is a ConfigError."""
+    out: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _ENV_LINE.match(line)
+        if match is None:
+            raise ConfigError(f"{source} line {number}: expected NAME=value, got {redact_url(line)[:60]!r}")
+        name, value = match.group(1), match.group(2).strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[name] = value
+    return out
+
+
+def env_file_values(environ: Mapping[str, str], default: str | None = DEFAULT_ENV_FILE) -> dict[str, str]:
+    """The FLASHSALE_* pairs of the env file ``environ`` names (``FLASHSALE_ENV_FILE``), else of ``default``;
+    {} when the file does not exist. An unreadable or malformed file is a ConfigError naming it."""
+    path = environ.get(ENV_FILE_VAR) or default
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{ENV_FILE_VAR}={path!r}: cannot read it: {exc}") from None
+    values = parse_env_file(text, f"{ENV_FILE_VAR}={path!r}:")
+    return {k: v for k, v in values.items() if k.startswith("FLASHSALE_") and k != ENV_FILE_VAR}
+
+
 _USERINFO = re.compile(r"(://[^/@]*?:)[^/@]*@")
 
 
@@ -78,6 +125,9 @@ class FlashsaleSettings(BaseSettings):
     replication: int = Field(1, ge=1, le=10, description="replication factor when created (3 in production)")
     auto_create_topics: Flag = Field(True, description="create missing topics at start")
     log_level: str = Field("info", description="log level")
+    env_file: str = Field(DEFAULT_ENV_FILE, description="file of `FLASHSALE_*=value` lines read beneath the "
+                                                         "environment (a variable set wins; missing file = "
+                                                         "none); `flashsale up` writes its endpoints there")
     output_signing_key: SecretStr | None = Field(
         None, description="HMAC key(s) of the workers' outputs, comma-separated, 32+ characters each: workers "
                           "sign with the first, readers drop records no key signed; unset = not signed")
@@ -155,11 +205,15 @@ class FlashsaleSettings(BaseSettings):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
-        """The settings from ``environ`` (``os.environ`` by default); unset or empty variables keep the default."""
-        env = os.environ if environ is None else environ
+        """The settings from ``environ`` (``os.environ`` by default) over the env file; unset or empty
+        variables keep the default."""
+        process = environ is None or environ is os.environ
+        env: Mapping[str, str] = os.environ if environ is None else environ
         skip_empty = cls.model_config.get("env_ignore_empty", True)
-        values = {name: env[var] for name, var in cls.env_names().items()
-                  if var in env and not (skip_empty and env[var] == "")}
+        given = {k: v for k, v in env.items() if not (skip_empty and v == "")}
+        from_file = env_file_values(given, DEFAULT_ENV_FILE if process else None)
+        merged = {**{k: v for k, v in from_file.items() if not (skip_empty and v == "")}, **given}
+        values = {name: merged[var] for name, var in cls.env_names().items() if var in merged}
         return cls._build(values, cls.env_names())
 
     def updated(self, changes: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> Self:
