@@ -16,7 +16,7 @@ TITLE: Final = "flashsale read API"
 VERSION: Final = "1"
 PATH: Final = oa.DOCS_DIR / "read-api.json"
 MAX_ROOMS: Final = 500  # the room list's largest limit (consumers.api checks it)
-AUTH: Final = [{"bearer": []}, {"link": []}]
+AUTH: Final[list[dict[str, list[str]]]] = [{"bearer": []}, {"link": []}]
 ROOM_TOTALS: Final = ("joins", "leaves", "likes", "comments", "shares", "clicks", "adds", "add_units", "removes",
                       "events", "orders", "paid", "gmv", "peak")
 

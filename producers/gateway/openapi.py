@@ -18,7 +18,7 @@ from schemas.events import CHANNELS, INPUT_TYPES, REJECT_REASONS
 TITLE: Final = "flashsale ingest gateway"
 VERSION: Final = "1"
 PATH: Final = oa.DOCS_DIR / "gateway.json"
-BEARER: Final = [{"bearer": []}]
+BEARER: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
 OPEN: Final[list[dict[str, list[str]]]] = []
 ORDER_STATES: Final = ("reserved", "rejected", "sold", "expired", "cancelled")
 REQUEST_ID: Final[oa.Schema] = {"type": "string", "minLength": 1, "maxLength": 128,
@@ -79,11 +79,11 @@ def _request_schemas(defs: dict[str, oa.Schema], max_events: int) -> dict[str, o
                               **{k: ("SaleOpened", k) for k in ("sku", "price", "allotment", "per_user_limit",
                                                                  "starts_at", "ends_at", "reservation_ttl_s")},
                               "user_id": {**_prop(defs, "SaleOpenedEvent", "user_id"), "description": OPERATOR},
-                              "request_id": REQUEST_ID},
+                              "request_id": _nullable(dict(REQUEST_ID))},
                              ("room_id", "sku", "price", "allotment", "per_user_limit", "starts_at", "ends_at")),
         "CloseRequest": _body(defs, "close a sale", "sale.closed for the path's sale.",
                               {"user_id": {**_prop(defs, "SaleClosedEvent", "user_id"), "description": OPERATOR},
-                               "request_id": REQUEST_ID}, ()),
+                               "request_id": _nullable(dict(REQUEST_ID))}, ()),
         "StockRequest": _body(defs, "adjust stock", "stock.adjusted by delta; every adjustment needs its own "
                               "request_id.",
                               {"delta": ("StockAdjusted", "delta"), "reason": ("StockAdjusted", "reason"),
