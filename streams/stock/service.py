@@ -174,8 +174,9 @@ class StockService:
         await flush(self.send, out, self.max_record_bytes)
         await self.store.ack_outbox(outbox)
         self._gauges(stocks)
-        retired = [s.sale_id for s in stocks if s.status == "closed" and s.pending == 0]
-        await self.store.retire(retired)
+        # Only a hint of which sales to try: retire checks again in Redis, after the sends above were
+        # acked (this reading predates them; the sale may have been re-opened meanwhile).
+        await self.store.retire([s.sale_id for s in stocks if s.status == "closed" and s.pending == 0], self.clock())
         return sum(s.released for s in stocks)
 
     async def _sales_to_sweep(self) -> list[str]:

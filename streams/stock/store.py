@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ OUTBOX_BATCH = 1000
 SWEEP_BATCH = 2000  # deadlines one sweep script call handles
 SWEEP_DRAIN_BATCH = SWEEP_BATCH  # outbox items one sweep round leases (keeps up with the releases)
 SWEEP_BUDGET_S = 0.25  # a sweeper tick starts no new round after this (half the default interval)
+RETIRE_LEASE_MS = 10_000  # a re-open waits at most this long for a retirement that died half-way
 
 
 def _sale_keys(sale_id: str) -> list[str]:
@@ -59,7 +61,8 @@ class StockStore:
         self.stock = LuaScript("streams.stock", "stock")
         self.sweep_script = LuaScript("streams.stock", "sweep")
         self.drain = LuaScript("streams.stock", "drain")
-        self.scripts = [self.stock, self.sweep_script, self.drain]
+        self.retire_script = LuaScript("streams.stock", "retire")
+        self.scripts = [self.stock, self.sweep_script, self.drain, self.retire_script]
 
     async def _run(self, op: str, build: Any) -> list[Any]:
         started = time.perf_counter()
@@ -180,11 +183,40 @@ class StockStore:
                 more.append(sale_id)
         return more
 
-    async def retire(self, sale_ids: list[str]) -> None:
-        """Drop closed sales with nothing left to release from the active set."""
-        if sale_ids:
-            await self.client.srem(rk.active_sales(), *sale_ids)  # type: ignore[misc]
+    async def retire(self, sale_ids: list[str], now_ms: int) -> list[str]:
+        """Drop from the active set the closed sales with no deadline and an empty outbox (a leased
+        item stays in the outbox until its send is acknowledged, so it keeps its sale swept until it
+        is delivered); returns the sales retired. Call it after this tick's outbox sends were acked:
+        the check is made here, in Redis, never from an earlier reading.
 
+        Three steps, because the active set lives in another cluster slot than the sale: retire.lua
+        checks and marks each sale (atomically, in the sale's slot), the marked ones are SREMed, and
+        retire.lua clears the marks. A sale.opened for a marked sale waits (stock.lua answers
+        TRYAGAIN) until its mark is cleared or its lease (RETIRE_LEASE_MS) ran out; a sale whose mark
+        was taken away by a re-open after the lease is put back in the active set."""
+        if not sale_ids:
+            return []
+        token = secrets.token_hex(8)
+
+        def phase(name: str, sales: list[str]) -> Any:
+            def build(pipe: Any) -> None:
+                for sale_id in sales:
+                    self.retire_script.queue(pipe, [rk.sale(sale_id), rk.sale_deadlines(sale_id),
+                                                    rk.sale_outbox(sale_id)],
+                                             [name, now_ms, RETIRE_LEASE_MS, token])
+            return build
+
+        begun = await self._run("stock_retire", phase("begin", sale_ids))
+        marked = [s for s, r in zip(sale_ids, begun, strict=True) if not isinstance(r, Exception) and int(r) == 1]
+        if not marked:
+            return []
+        await self._run("stock_retire", lambda pipe: pipe.srem(rk.active_sales(), *marked))
+        ended = await self._run("stock_retire", phase("end", marked))
+        back = [s for s, r in zip(marked, ended, strict=True) if isinstance(r, Exception) or int(r) != 1]
+        if back:  # re-opened after a stalled retirement's lease ran out: it must stay swept
+            logger.warning("sale(s) %s re-opened while being retired; kept active", ", ".join(back[:5]))
+            await self._run("stock_retire", lambda pipe: pipe.sadd(rk.active_sales(), *back))
+        return [s for s in marked if s not in back]
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

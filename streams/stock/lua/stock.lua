@@ -35,12 +35,37 @@ local NUM = {'allotted', 'available', 'reserved', 'sold', 'price', 'per_user_lim
 for _, f in ipairs(NUM) do S[f] = tonumber(S[f] or '0') end
 local dirty = false
 
+-- A closed sale may be re-opened by a new sale.opened. The sweeper retires a closed sale in two
+-- steps (retire.lua marks it, then removes it from the active set, which lives in another cluster
+-- slot): a re-open must not slip between them, or its reservations would never be swept. So while a
+-- retirement's mark is live the batch waits (TRYAGAIN: retried like any Redis refusal, before any
+-- write here); a mark whose lease ran out (its retirer died or stalled) is taken away, and a retirer
+-- that finds its mark gone puts the sale back in the active set.
+if S.retiring then
+  local reopens = false
+  for _, o in ipairs(ops) do
+    if o.op == 'open' then reopens = true end
+  end
+  if reopens then
+    if tonumber(S.retiring_until or '0') > tonumber(ARGV[2]) then
+      return redis.error_reply('TRYAGAIN sale ' .. tostring(S.sale_id) .. ' is being retired; re-open retried')
+    end
+    redis.call('HDEL', sale_k, 'retiring', 'retiring_until')
+    S.retiring = nil
+    S.retiring_until = nil
+  end
+end
+
 local function outbox(item)
   redis.call('ZADD', outbox_k, 0, cjson.encode(item))
 end
 
 local function note_sold_out(ts)
-  if S.available <= 0 then
+  -- Only an open sale sells out: stock.adjusted on a closed sale writes nothing to its outbox, so a
+  -- closed sale gains deadlines or outbox items only by being re-opened (what retire.lua relies on).
+  if S.available <= 0 and S.status ~= 'open' then
+    S.soldout = 1
+  elseif S.available <= 0 then
     if S.soldout == 0 then S.soldout = 1 end
     if not S.sold_out_at then
       S.sold_out_at = tostring(ts)
