@@ -129,9 +129,9 @@ async def test_failover_with_readonly_old_primary(broker: Broker, topics: dict[s
             repointed = proxy.repoint(redis_pair.ports[1])  # the VIP moves; open connections drop
             traffic.release(300)
             resumed_s = await resumed_after(new, sales, before, repointed)
-            # Recorded, not asserted here: the first /readyz after the drop answers a false 503, a
-            # known bug with its own strict-xfail test (test_network_faults.py,
-            # test_readyz_true_after_redis_connections_drop); verify() asserts 200 after it.
+            # Recorded, not asserted: the first /readyz after the workers' Redis connections drop
+            # sometimes answers a false 503 (issue 13, item 6: the probe's pooled connection is dead;
+            # seen in 2 of 4 runs, too rare for a strict xfail). verify() asserts 200 after it.
             readyz_after = {n: (await group.readyz(n))[0] for n in group.workers}
             hold.set()
             await sending
@@ -142,7 +142,8 @@ async def test_failover_with_readonly_old_primary(broker: Broker, topics: dict[s
         group.stop_all()
     assert readonly > 0, "the workers never met the demoted primary's READONLY"
     assert (await replication(new))["role"] == "master" and (await replication(old))["role"] == "slave"
-    first = first_decision_after(out.decisions, set(range(PARTITIONS)), int(repointed * 1000))
+    answers = [i for i in out.decisions if i.value["type"] in ("order.accepted", "order.rejected")]
+    first = first_decision_after(answers, set(range(PARTITIONS)), int(repointed * 1000))
     assert first is not None
     record(artifacts_dir, {
         "test": "redis_failover_readonly", "readonly_s": READONLY_S, "readonly_replies": readonly,
@@ -151,6 +152,6 @@ async def test_failover_with_readonly_old_primary(broker: Broker, topics: dict[s
         "readyz_first_after_repoint": readyz_after, "repoint_to_progress_s": round(resumed_s, 2),
         "repoint_to_first_decision_s": round((first - repointed * 1000) / 1000, 2),
         "promote_to_first_decision_s": round((first - promoted * 1000) / 1000, 2),
-        "longest_decision_pause_s": round(longest_pause(out.decisions, int(started * 1000) - 1000,
+        "longest_decision_pause_s": round(longest_pause(answers, int(started * 1000) - 1000,
                                                         first + 1000) / 1000, 2),
         **sampled, **out.summary})
