@@ -32,8 +32,7 @@ class ApplyResult:
     spike_state: bytes
     lo: int  # first second of ``counts``
     counts: list[int]
-    paid: dict[str, int] = field(default_factory=dict)  # sale calls: paid event id → amount or -1
-    unpriced: int = 0
+    paid: dict[str, int] = field(default_factory=dict)  # sale calls: paid event id → confirmed amount or -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +53,7 @@ def _result(raw: Sequence[Any], paid_ids: Sequence[str] = ()) -> ApplyResult:
         for eid, amount in zip(paid_ids, raw[9], strict=False):
             paid[eid] = int(amount)
     return ApplyResult(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]), int(raw[5]),
-                       raw[6] or b"", int(raw[7]), counts, paid, int(raw[10]) if len(raw) > 10 else 0)
+                       raw[6] or b"", int(raw[7]), counts, paid)
 
 
 def counters_script(name: str) -> LuaScript:

@@ -23,7 +23,7 @@
 -- after a crash. Room GMV is then the sum of the sales' GMV, which is the stock core's `gmv`.
 --
 -- Returns {applied, dups, late, too_old, replayed, stream newest ms, spike state or '', lo second,
---          {counts}, {verdicts of Y events, in order}, 0 (formerly unpriced payments)}
+--          {counts}, {verdicts of Y events, in order}}
 -- (counters_lib.lua is prepended)
 
 local B = KEYS[1]
@@ -162,4 +162,4 @@ for _, k in ipairs({B, SEC, PAID}) do redis.call('EXPIRE', k, RTTL) end
 
 local spike, lo, counts = '', 0, ''
 if SPF ~= '' then spike, lo, counts = spike_input(B, SEC, SPF, SPW, SPMAX, '', newest, cutoff) end
-return {applied, dups, late, old, replay, newest, spike, lo, counts, verdicts, 0}
+return {applied, dups, late, old, replay, newest, spike, lo, counts, verdicts}
