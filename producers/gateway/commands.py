@@ -18,7 +18,7 @@ from producers.gateway.state import GatewayState
 from producers.sdk import ItemError, PublishError, prepare
 from schemas import keys
 from schemas.codec import repeated_keys
-from schemas.events import all_errors
+from schemas.events import SaleOpened, all_errors
 from schemas.order_record import OrderRecord, OrderRecordError, parse_order_record
 
 logger = logging.getLogger(__name__)
@@ -29,8 +29,10 @@ POLL_FIRST_S: Final = 0.02
 POLL_MAX_S: Final = 0.2
 DEFAULT_OPERATOR: Final = "merchant"  # the envelope's user_id of a control event when the body names none
 
-OPEN_FIELDS: Final = frozenset({"room_id", "sku", "price", "allotment", "per_user_limit", "starts_at", "ends_at",
-                                "reservation_ttl_s", "user_id", "request_id"})
+# Every sale.opened field but the path's sale_id (the contract decides which are required), the
+# envelope's room and operator, and the idempotency key.
+OPEN_DATA_FIELDS: Final = frozenset(SaleOpened.__struct_fields__) - {"sale_id"}
+OPEN_FIELDS: Final = OPEN_DATA_FIELDS | {"room_id", "user_id", "request_id"}
 CLOSE_FIELDS: Final = frozenset({"user_id", "request_id"})
 STOCK_FIELDS: Final = frozenset({"delta", "reason", "user_id", "request_id"})
 PAY_FIELDS: Final = frozenset({"user_id", "amount"})
@@ -160,8 +162,7 @@ async def _control(request: web.Request, command: str, allowed: frozenset[str]) 
         errors.append(ItemError(0, "request_id", "required: two equal adjustments need two request ids"))
     current = await _sale(state, sale_id)
     if command == "open":
-        data: dict[str, Any] = {k: body[k] for k in OPEN_FIELDS - {"room_id", "user_id", "request_id"}
-                                if k in body}
+        data: dict[str, Any] = {k: body[k] for k in OPEN_DATA_FIELDS if k in body}
         room_id = body.get("room_id")
         type_ = "sale.opened"
     else:

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from producers.gateway.settings import GatewaySettings
 from schemas import openapi as oa
-from schemas.events import CHANNELS, INPUT_TYPES, REJECT_REASONS
+from schemas.events import CHANNELS, INPUT_TYPES, REJECT_REASONS, SaleOpened
 
 TITLE: Final = "flashsale ingest gateway"
 VERSION: Final = "1"
@@ -76,11 +76,10 @@ def _request_schemas(defs: dict[str, oa.Schema], max_events: int) -> dict[str, o
                              "starts_at. A changed definition updates price, limit, window and TTL; the SKU cannot "
                              "change (409 sku_mismatch).",
                              {"room_id": ("SaleOpenedEvent", "room_id"),
-                              **{k: ("SaleOpened", k) for k in ("sku", "price", "allotment", "per_user_limit",
-                                                                 "starts_at", "ends_at", "reservation_ttl_s")},
+                              **{k: ("SaleOpened", k) for k in SaleOpened.__struct_fields__ if k != "sale_id"},
                               "user_id": {**_prop(defs, "SaleOpenedEvent", "user_id"), "description": OPERATOR},
                               "request_id": _nullable(dict(REQUEST_ID))},
-                             ("room_id", "sku", "price", "allotment", "per_user_limit", "starts_at", "ends_at")),
+                             ("room_id", *(k for k in defs["SaleOpened"]["required"] if k != "sale_id"))),
         "CloseRequest": _body(defs, "close a sale", "sale.closed for the path's sale.",
                               {"user_id": {**_prop(defs, "SaleClosedEvent", "user_id"), "description": OPERATOR},
                                "request_id": _nullable(dict(REQUEST_ID))}, ()),
