@@ -23,6 +23,10 @@ LEADERBOARD_N: Final = 10
 SPIKES_N: Final = 20
 WINDOW_MINUTES: Final = 5
 DEFAULT_STALE_MS: Final = 120_000
+# A sale that sold out this recently stays pinned with the live ones (the host is still talking about it).
+JUST_SOLD_OUT_MS: Final = 10 * 60_000
+PHASES: Final = ("upcoming", "live", "sold_out", "back_in_stock", "closed")
+GROUPS: Final = ("now", "upcoming", "earlier")  # pinned first, then the countdowns, then "earlier in this stream"
 ROOM_COUNTERS: Final = ("joins", "leaves", "likes", "comments", "shares", "clicks", "adds", "add_units", "removes",
                         "events", "orders", "paid", "gmv", "peak")
 
@@ -53,6 +57,68 @@ def _packed(v: Any, idx: int) -> int:
 
 def _ratio(num: float, den: float, digits: int = 4) -> float:
     return round(num / den, digits) if den else 0.0
+
+
+def _rate_or_none(num: float, den: float, digits: int = 4) -> float | None:
+    """A conversion rate, or None when the stage before is empty (no rate, not 0 %)."""
+    return round(num / den, digits) if den else None
+
+
+def sale_phase(*, status: str | None, starts_at: int | None, ends_at: int | None, allotted: int, available: int,
+               sold_out_at: int | None, now_ms: int) -> str:
+    """One of PHASES, as a host reads it: announced but not started is ``upcoming``; closed or past its
+    window is ``closed``; no unit left is ``sold_out``; units back after a sell-out (a restock or
+    released reservations) is ``back_in_stock``; otherwise ``live``."""
+    if status == "closed" or (ends_at and now_ms >= ends_at):
+        return "closed"
+    if starts_at and now_ms < starts_at:
+        return "upcoming"
+    if available <= 0 and allotted > 0:
+        return "sold_out"
+    if sold_out_at and available > 0:
+        return "back_in_stock"
+    return "live"
+
+
+def sale_group(phase: str, sold_out_at: int | None, now_ms: int) -> str:
+    """Where the page puts a sale (GROUPS): live and just-sold-out ones pinned first (``now``),
+    upcoming ones next, the rest under "earlier in this stream"."""
+    if phase in ("live", "back_in_stock"):
+        return "now"
+    if phase == "sold_out":
+        return "now" if sold_out_at is None or now_ms - sold_out_at <= JUST_SOLD_OUT_MS else "earlier"
+    return "upcoming" if phase == "upcoming" else "earlier"
+
+
+def _ended_at(view: dict[str, Any]) -> int:
+    for name in ("closed_at", "sold_out_at", "ends_at", "opened_at"):
+        if view.get(name):
+            return int(view[name])
+    return 0
+
+
+def order_sales(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sales in the order a host needs them: live (newest opened first), then sold out (newest
+    sell-out first), then upcoming (soonest first), then earlier ones (newest ended first); sale
+    id breaks ties so the order is stable between pushes."""
+    def key(v: dict[str, Any]) -> tuple[int, int, int, str]:
+        group = GROUPS.index(v["group"])
+        if v["group"] == "now":
+            live = v["phase"] in ("live", "back_in_stock")
+            return (group, 0 if live else 1, -int((v["opened_at"] if live else v["sold_out_at"]) or 0), v["sale_id"])
+        if v["group"] == "upcoming":
+            return (group, 0, int(v.get("starts_at") or 0), v["sale_id"])
+        return (group, 0, -_ended_at(v), v["sale_id"])
+    return sorted(views, key=key)
+
+
+def spike_ratio(rate: Any, baseline: Any) -> float | None:
+    """The measured ratio of a spike (its rate over its baseline); None when the baseline was 0."""
+    try:
+        r, b = float(rate), float(baseline)
+    except (TypeError, ValueError):
+        return None
+    return round(r / b, 2) if b > 0 else None
 
 
 async def list_rooms(redis: Any, now_ms: int, limit: int = 50) -> list[dict[str, Any]]:
@@ -94,8 +160,10 @@ async def _spikes(redis: Any, bases: list[str], limit: int) -> list[dict[str, An
         for body in bodies:
             if body:
                 obj = orjson.loads(body)
-                out.append({k: obj.get(k) for k in ("ts", "scope", "subject_id", "metric", "rate", "baseline",
-                                                      "factor", "threshold", "room_id")})
+                row = {k: obj.get(k) for k in ("ts", "scope", "subject_id", "metric", "rate", "baseline",
+                                               "factor", "threshold", "room_id")}
+                row["ratio"] = spike_ratio(row["rate"], row["baseline"])
+                out.append(row)
     out.sort(key=lambda a: (a["ts"] or 0, a["subject_id"] or ""), reverse=True)
     return out[:limit]
 
@@ -156,8 +224,13 @@ async def room_snapshot(redis: Any, room_id: str, now_ms: int) -> dict[str, Any]
         viewer_points.append([sec * 1000, carry])
     gmv = _i(h.get("gmv"))
     sales = sorted(_s(x) for x in sale_ids)
-    views = await asyncio.gather(*(sale_view(redis, sid, now_ms) for sid in sales))
+    views = [v for v in await asyncio.gather(*(sale_view(redis, sid, now_ms) for sid in sales)) if v is not None]
     spikes = await _spikes(redis, [base] + [keys.sale_base(sid) for sid in sales], SPIKES_N)
+    by_id = {v["sale_id"]: v for v in views}
+    for spike in spikes:  # name the product, not the internal sale id
+        sale = by_id.get(spike["subject_id"]) if spike["scope"] == "sale" else None
+        spike["title"] = sale["title"] if sale else None
+        spike["sku"] = sale["sku"] if sale else None
     return {
         "room_id": room_id,
         "viewers_online": int(online),
@@ -178,7 +251,7 @@ async def room_snapshot(redis: Any, room_id: str, now_ms: int) -> dict[str, Any]
             "likes_per_s": [[sec * 1000, _packed(v, 1)] for sec, v in zip(secs, ev, strict=False)],
             "orders_per_s": [[sec * 1000, _packed(v, 0)] for sec, v in zip(secs, orders, strict=False)],
         },
-        "sales": [v for v in views if v is not None],
+        "sales": order_sales(views),
         "leaderboard": await _leaderboard(redis, room_id, LEADERBOARD_N),
         "spikes": spikes,
         "as_of_ms": as_of,
@@ -207,15 +280,25 @@ async def sale_view(redis: Any, sale_id: str, now_ms: int) -> dict[str, Any] | N
     allotted, available, sold = _i(s.get("allotted")), _i(s.get("available")), _i(s.get("sold"))
     opened_at = _i(s.get("opened_at")) or None
     sold_out_at = _i(s.get("sold_out_at")) or None
+    starts_at = _i(s.get("starts_at")) or None
+    ends_at = _i(s.get("ends_at")) or None
+    closed_at = _i(s.get("closed_at")) or None
+    now = max(now_ms, as_of)
+    phase = sale_phase(status=s.get("status"), starts_at=starts_at, ends_at=ends_at, allotted=allotted,
+                       available=available, sold_out_at=sold_out_at, now_ms=now)
     units_60 = sum(_packed(v, 2) for v in buckets) / 60
     projected = None
-    if sold_out_at is None and available > 0 and units_60 > 0 and s.get("status", "open") == "open":
+    if phase in ("live", "back_in_stock") and available > 0 and units_60 > 0:
         projected = max(now_ms, as_of) + int(available / units_60 * 1000)
     return {
         "sale_id": sale_id,
         "sku": s.get("sku"),
+        "title": s.get("title") or None,  # optional product fields of sale.opened, when the stock core keeps them
+        "image_url": s.get("image_url") or None,
         "room_id": s.get("room_id"),
         "status": s.get("status"),
+        "phase": phase,
+        "group": sale_group(phase, sold_out_at, now),
         "price": _i(s.get("price")),
         "allotted": allotted,
         "available": available,
@@ -227,6 +310,9 @@ async def sale_view(redis: Any, sale_id: str, now_ms: int) -> dict[str, Any] | N
         "attempts_per_s": rates(0),
         "accepted_per_s": rates(1),
         "opened_at": opened_at,
+        "starts_at": starts_at,
+        "ends_at": ends_at,
+        "closed_at": closed_at,
         "sold_out_at": sold_out_at,
         "seconds_to_sell_out": round((sold_out_at - opened_at) / 1000, 3) if sold_out_at and opened_at else None,
         "sell_through": _ratio(sold, allotted),
@@ -242,7 +328,7 @@ def _stage_rows(users: list[int]) -> list[dict[str, Any]]:
     for i, (stage, n) in enumerate(zip(keys.STAGES, users, strict=False)):
         prev = users[i - 1] if i else None
         rows.append({"stage": stage, "users": n,
-                     "rate_from_prev": None if prev is None else _ratio(n, prev)})
+                     "rate_from_prev": None if prev is None else _rate_or_none(n, prev)})
     return rows
 
 
@@ -299,13 +385,13 @@ async def room_funnel(redis: Any, room_id: str, channel: str | None, now_ms: int
             w_orders += _i(row[0])
             w_paid += _i(row[1])
             w_gmv += _i(row[2])
-        window = {"stages": _stage_rows(recent), "overall_rate": _ratio(recent[-1], recent[0]),
+        window = {"stages": _stage_rows(recent), "overall_rate": _rate_or_none(recent[-1], recent[0]),
                   "orders": w_orders, "paid_orders": w_paid, "gmv": w_gmv, "aov": _ratio(w_gmv, w_paid, 2),
                   "from_ms": minutes[0] * 60_000}
     return {
         "room_id": room_id, "channel": channel, "sku": sku,
         "stages": _stage_rows(whole),
-        "overall_rate": _ratio(whole[-1], whole[0]),
+        "overall_rate": _rate_or_none(whole[-1], whole[0]),
         "orders": orders, "paid_orders": paid, "gmv": gmv, "aov": _ratio(gmv, paid, 2),
         "windows": {"5m": window},
         "skus": skus,

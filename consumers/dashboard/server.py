@@ -26,8 +26,9 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 READY_TIMEOUT_S: Final = 1.0
-# Everything the page needs comes from this origin; inline SVG is markup, not script.
-CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+# Everything the page needs comes from this origin; inline SVG is markup, not script. Product images
+# (sale.opened's image_url) are https URLs or paths here, so images alone may also come over https.
+CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; "
               "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 SETTINGS: Final = web.AppKey("dashboard_settings", DashboardSettings)

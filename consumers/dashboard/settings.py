@@ -8,8 +8,9 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 
 from kernel.settings import FlashsaleSettings
+from schemas.events import CHANNELS
 
-CHANNEL_CHOICES = ("live_room", "community_group", "mini_program", "share_link")
+CHANNEL_CHOICES = CHANNELS  # every channel an event can carry, "other" (no channel named) included
 Key = Annotated[SecretStr, Field(min_length=16)]
 
 

@@ -125,7 +125,7 @@ async def test_dashboard_follows_a_simulated_sale(worker: WorkerHandle, dashboar
     try:
         # The page picks the room up by itself and shows the sale selling out.
         status = f'[data-testid="sale-{sale_id}-status"]'
-        await page.wait_for_selector(f'{status}[data-value="soldout"]', timeout=SOLD_OUT_WAIT_MS)
+        await page.wait_for_selector(f'{status}[data-value="sold_out"]', timeout=SOLD_OUT_WAIT_MS)
         assert await page.inner_text(status) == "SOLD OUT"
         assert "Sold out at" in await page.inner_text(f'[data-testid="sale-{sale_id}-eta"]')
         assert await page.get_attribute('[data-testid="conn-status"]', "data-state") == "live"
@@ -300,7 +300,7 @@ async def test_page_does_not_grow_over_many_pushes(redis_server: Any, browser: A
         await cdp.send("Performance.enable")
         await page.goto(str(server.make_url(f"/rooms/room-1?t={SIGNER.mint('room-1', 3600)}")))
         await page.wait_for_selector('[data-testid="conn-status"][data-state="live"]', timeout=15_000)
-        channels = ["all", "live_room", "community_group", "mini_program", "share_link"]
+        channels = ["all", "live_room", "community_group", "mini_program", "share_link", "other"]
         await page.wait_for_timeout(10_000)  # warm up: every pool and card created, JIT settled
         base = await page_metrics(page, cdp)
         for i in range(20):

@@ -1,7 +1,7 @@
 /* flashsale live dashboard: one EventSource per page, DOM nodes built once and reused. */
 'use strict';
 (() => {
-  const CHANNELS = ['all', 'live_room', 'community_group', 'mini_program', 'share_link'];
+  const CHANNELS = ['all', 'live_room', 'community_group', 'mini_program', 'share_link', 'other'];
   const STAGES = ['viewers', 'clickers', 'carters', 'orderers', 'payers'];
   const SPARK_WINDOW_MS = 5 * 60 * 1000;
   const MAX_ALERTS = 20;
@@ -11,6 +11,11 @@
   const MAX_ROOMS = 50;
   const NATIVE_RETRIES = 3;
   const MAX_BACKOFF_MS = 15000;
+  const PHASE_LABELS = {
+    upcoming: 'UPCOMING', live: 'LIVE', sold_out: 'SOLD OUT', back_in_stock: 'BACK IN STOCK', closed: 'CLOSED',
+  };
+  const GROUPS = ['now', 'upcoming', 'earlier'];
+  const JUST_SOLD_OUT_MS = 10 * 60 * 1000;
   const REJECT_LABELS = {
     sold_out: 'sold out', limit_exceeded: 'over limit', sale_not_active: 'not active',
     duplicate: 'duplicate', invalid: 'invalid',
@@ -24,6 +29,7 @@
     viewers: $('viewers'), peak: $('viewers-peak'), likes: $('likes'), comments: $('comments'),
     shares: $('shares'), orders: $('orders'), carts: $('carts'), gmv: $('gmv'), gmvPer: $('gmv-per-1000'),
     sales: $('sales'), saleCount: $('sale-count'), noSales: $('no-sales'), tpl: $('sale-template'),
+    earlier: $('earlier'), earlierSales: $('earlier-sales'), earlierCount: $('earlier-count'),
     funnel: $('funnel'), overall: $('funnel-overall'), fOrders: $('funnel-orders'), aov: $('funnel-aov'),
     channels: $('channels'), leaders: $('leaders'), noLeaders: $('no-leaders'), alerts: $('alerts'),
     noAlerts: $('no-alerts'), toasts: $('toasts'),
@@ -58,23 +64,20 @@
   let moneyFmt = null;
   let moneyCur = '';
   let moneyScale = 100;
-  let wholeFmt = null;
-  /** Minor units as money; ``whole`` drops the cents (the GMV ticker on a narrow card). */
-  function money(minor, whole) {
+  /** Minor units as money, always to the cent: every amount on the page reads the same way. */
+  function money(minor) {
     if (minor == null) return '—';
     if (moneyCur !== state.currency) {
       moneyCur = state.currency;
       try {
         moneyFmt = new Intl.NumberFormat(undefined, { style: 'currency', currency: moneyCur });
         moneyScale = 10 ** moneyFmt.resolvedOptions().maximumFractionDigits;
-        wholeFmt = new Intl.NumberFormat(undefined, { style: 'currency', currency: moneyCur, maximumFractionDigits: 0 });
       } catch (_) {
         moneyFmt = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
-        wholeFmt = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
         moneyScale = 100;
       }
     }
-    return (whole ? wholeFmt : moneyFmt).format(minor / moneyScale);
+    return moneyFmt.format(minor / moneyScale);
   }
   const clock = (ms) => new Date(ms).toLocaleTimeString(undefined, { hour12: false });
   function duration(ms) {
@@ -235,14 +238,14 @@
     const from = state.gmvShown;
     if (document.hidden || state.first || from === target) {
       state.gmvShown = target;
-      setText(el.gmv, money(target, true));
+      setText(el.gmv, money(target));
       return;
     }
     const t0 = performance.now();
     const step = (now) => {
       const k = Math.min(1, (now - t0) / 700);
       state.gmvShown = k >= 1 ? target : Math.round(from + (target - from) * (1 - (1 - k) ** 3));
-      setText(el.gmv, money(state.gmvShown, true));
+      setText(el.gmv, money(state.gmvShown));
       state.gmvAnim = k < 1 ? requestAnimationFrame(step) : 0;
     };
     state.gmvAnim = requestAnimationFrame(step);
@@ -285,7 +288,8 @@
     };
     node.dataset.testid = `sale-${id}-card`;
     c = {
-      node, sku: node.querySelector('.sku'), sid: node.querySelector('.sale-id'), badge: node.querySelector('.badge'),
+      node, title: node.querySelector('.title'), sku: node.querySelector('.sku'), thumb: node.querySelector('.thumb'),
+      badge: node.querySelector('.badge'), imageUrl: '',
       price: node.querySelector('.price'), segSold: node.querySelector('.seg-sold'),
       segReserved: node.querySelector('.seg-reserved'), segAvailable: node.querySelector('.seg-available'),
       available: k('available'), reserved: k('reserved'), sold: k('sold'), allotted: k('allotted'),
@@ -293,44 +297,77 @@
       accepted: k('accepted'), eta: k('eta'), rejects: k('rejects'),
     };
     c.badge.dataset.testid = `sale-${id}-status`;
-    c.sid.textContent = id;
+    c.title.dataset.testid = `sale-${id}-title`;
+    c.thumb.dataset.testid = `sale-${id}-image`;
+    c.node.title = `sale ${id}`;  // the internal id stays reachable (hover), not in the host's face
     state.cards.set(id, c);
     return c;
   }
 
-  function saleStatus(s) {
-    if ((num(s.available) ?? 1) <= 0 && (num(s.allotted) ?? 0) > 0) return ['soldout', 'SOLD OUT'];
-    if (s.status === 'closed') return ['closed', 'CLOSED'];
-    return ['open', 'LIVE'];
+  /** The server's phase (consumers.readmodel.sale_phase); the same rule here for an older server. */
+  function salePhase(s, nowMs) {
+    if (PHASE_LABELS[s.phase]) return s.phase;
+    if (s.status === 'closed' || (num(s.ends_at) && nowMs >= s.ends_at)) return 'closed';
+    if (num(s.starts_at) && nowMs < s.starts_at) return 'upcoming';
+    if ((num(s.available) ?? 1) <= 0 && (num(s.allotted) ?? 0) > 0) return 'sold_out';
+    if (num(s.sold_out_at) && (num(s.available) ?? 0) > 0) return 'back_in_stock';
+    return 'live';
+  }
+
+  function saleGroup(s, phase, nowMs) {
+    if (GROUPS.includes(s.group)) return s.group;
+    if (phase === 'live' || phase === 'back_in_stock') return 'now';
+    if (phase === 'sold_out') return nowMs - (num(s.sold_out_at) ?? nowMs) <= JUST_SOLD_OUT_MS ? 'now' : 'earlier';
+    return phase === 'upcoming' ? 'upcoming' : 'earlier';
   }
 
   function renderSales(sales, nowMs) {
-    const ids = [];
+    const placed = { now: [], upcoming: [], earlier: [] };
     for (const s of sales) {
       if (!s || typeof s.sale_id !== 'string') continue;
-      ids.push(s.sale_id);
-      updateCard(saleCard(s.sale_id), s, nowMs);
+      const phase = salePhase(s, nowMs);
+      placed[saleGroup(s, phase, nowMs)].push(s.sale_id);
+      updateCard(saleCard(s.sale_id), s, phase, nowMs);
     }
-    const keep = new Set(ids);
+    // Pinned and upcoming sales in the main grid, the rest collapsed; each in the server's order.
+    const main = [...placed.now, ...placed.upcoming];
+    const keep = new Set([...main, ...placed.earlier]);
     for (const [id, c] of state.cards) {
       if (!keep.has(id)) { c.node.remove(); state.cards.delete(id); }
     }
-    const order = ids.join('\u0000');
-    if (order !== state.saleOrder) {  // (re)insert in server order only when it changed
+    const order = `${main.join('\u0000')}\u0001${placed.earlier.join('\u0000')}`;
+    if (order !== state.saleOrder) {  // (re)insert only when the order changed
       state.saleOrder = order;
-      for (const id of ids) el.sales.appendChild(state.cards.get(id).node);
+      for (const id of main) el.sales.appendChild(state.cards.get(id).node);
+      for (const id of placed.earlier) el.earlierSales.appendChild(state.cards.get(id).node);
     }
-    setText(el.saleCount, ids.length ? String(ids.length) : '');
-    show(el.noSales, ids.length === 0);
+    setText(el.saleCount, placed.now.length ? `${placed.now.length} now` : '');
+    setText(el.earlierCount, String(placed.earlier.length));
+    show(el.earlier, placed.earlier.length > 0);
+    show(el.noSales, keep.size === 0);
   }
 
-  function updateCard(c, s, nowMs) {
-    const [status, label] = saleStatus(s);
+  /** A product image only from https: or this origin (the contract allows nothing else). */
+  function safeImage(url) {
+    return typeof url === 'string' && (/^https:\/\/[^\s"'<>\\]+$/.test(url) || /^\/[^/\s"'<>\\][^\s"'<>\\]*$/.test(url))
+      ? url : '';
+  }
+
+  function updateCard(c, s, phase, nowMs) {
+    const status = phase;
     setAttr(c.node, 'data-status', status);
     setAttr(c.badge, 'data-status', status);
     c.badge.dataset.value = status;
-    setText(c.badge, label);
-    setText(c.sku, s.sku || s.sale_id);
+    setText(c.badge, PHASE_LABELS[phase]);
+    const title = typeof s.title === 'string' && s.title ? s.title : '';
+    setText(c.title, title || s.sku || s.sale_id);
+    setText(c.sku, title ? `SKU ${s.sku || ''}` : '');
+    const image = safeImage(s.image_url);
+    if (image !== c.imageUrl) {
+      c.imageUrl = image;
+      if (image) c.thumb.src = image; else c.thumb.removeAttribute('src');
+      show(c.thumb, Boolean(image));
+    }
     setText(c.price, s.price == null ? '' : `${money(s.price)} each`);
     const allotted = num(s.allotted) ?? 0;
     const available = num(s.available) ?? 0;
@@ -353,16 +390,25 @@
     put(c.accepted, num(s.accepted));
     const soldOutAt = num(s.sold_out_at);
     const projected = num(s.projected_sell_out_at);
-    if (soldOutAt) {
+    const startsAt = num(s.starts_at);
+    if (phase === 'upcoming' && startsAt) {
+      c.eta.dataset.kind = 'countdown';
+      put(c.eta, startsAt, `Starts in ${duration(startsAt - nowMs)} · at ${clock(startsAt)}`);
+    } else if (phase === 'back_in_stock') {
+      c.eta.dataset.kind = 'restocked';
+      put(c.eta, soldOutAt, `Back in stock · sold out at ${clock(soldOutAt)}, ${nf.format(available)} available again`);
+    } else if (phase === 'live' && projected) {
+      c.eta.dataset.kind = 'projected';
+      put(c.eta, projected, `Projected sell-out ${clock(projected)} (in ~${duration(projected - nowMs)})`);
+    } else if (soldOutAt) {
       const took = num(s.seconds_to_sell_out);
       c.eta.dataset.kind = 'soldout';
       put(c.eta, soldOutAt, `Sold out at ${clock(soldOutAt)}${took != null ? ` · in ${duration(took * 1000)}` : ''}`);
-    } else if (projected && status === 'open') {
-      c.eta.dataset.kind = 'projected';
-      put(c.eta, projected, `Projected sell-out ${clock(projected)} (in ~${duration(projected - nowMs)})`);
     } else {
       c.eta.dataset.kind = '';
-      put(c.eta, null, status === 'open' ? 'Waiting for demand' : '');
+      const closedAt = num(s.closed_at);
+      put(c.eta, null, phase === 'live' ? 'Waiting for demand'
+        : phase === 'closed' && closedAt ? `Closed at ${clock(closedAt)}` : '');
     }
     const rej = s.rejected || {};
     const parts = [];
@@ -403,14 +449,21 @@
       const st = byStage.get(row.stage) || {};
       const users = num(st.users);
       put(row.users, users);
-      row.fill.style.width = `${top > 0 && users ? Math.max(1.5, (100 * users) / top).toFixed(2) : 0}%`;
+      row.fill.style.width = `${top > 0 && users ? Math.min(100, Math.max(1.5, (100 * users) / top)).toFixed(2) : 0}%`;
       const r = num(st.rate_from_prev);
-      put(row.rate, r, row.stage === 'viewers' ? '' : r == null ? '—' : pct.format(r));
+      put(row.rate, r, row.stage === 'viewers' ? '' : stageRate(r));
     }
     const overall = f ? num(f.overall_rate) : null;
-    put(el.overall, overall, overall == null ? '—' : pct.format(overall));
+    put(el.overall, overall, stageRate(overall));
     put(el.fOrders, f ? num(f.orders) : null);
     put(el.aov, f ? num(f.aov) : null, f && f.aov != null ? money(f.aov) : '—');
+  }
+
+  /** A step rate: — when the stage before was empty (null), a multiple above 100 % (stages count
+   *  their own users: more clickers than viewers in a channel is real, not a bug). */
+  function stageRate(r) {
+    if (r == null) return '—';
+    return r > 1 ? `${nf1.format(r)}×` : pct.format(r);
   }
 
   function renderLeaders(rows) {
@@ -441,12 +494,17 @@
   }
 
   const spikeKey = (s) => `${s.ts}|${s.scope}|${s.subject_id}|${s.metric}`;
+  /** [what, rates, measured ratio]: the product's name, and rate over baseline as measured (not
+   *  the configured threshold factor); "new" when there was no baseline yet. */
   function spikeText(s) {
-    const factor = num(s.factor);
+    const rate = num(s.rate) ?? 0;
+    const baseline = num(s.baseline) ?? 0;
+    const ratio = num(s.ratio) ?? (baseline > 0 ? rate / baseline : null);
     const metric = String(s.metric || '').replace(/_per_s$/, '/s').replace(/_/g, ' ');
-    const what = `${metric} ${s.scope === 'sale' ? `of sale ${s.subject_id}` : ''}`.trim();
-    return [what, `${nf1.format(num(s.rate) ?? 0)}/s vs ${nf1.format(num(s.baseline) ?? 0)}/s`,
-      factor == null ? '' : `×${nf1.format(factor)}`];
+    const product = s.title || s.sku || s.subject_id;
+    const what = s.scope === 'sale' ? `${metric} for ${product}` : `room ${metric}`;
+    return [what, `${nf1.format(rate)}/s vs ${nf1.format(baseline)}/s usual`,
+      ratio == null ? 'new' : `×${nf1.format(ratio)}`];
   }
 
   function renderAlerts(spikes) {
@@ -475,8 +533,8 @@
     state.alertRows.forEach((row, i) => {
       show(row.li, i < n);
       if (i >= n) return;
-      const [what, rates, factor] = spikeText(sorted[i]);
-      setText(row.x, factor);
+      const [what, rates, ratio] = spikeText(sorted[i]);
+      setText(row.x, ratio);
       setText(row.text, `${what} — ${rates}`);
       setText(row.time, clock(sorted[i].ts));
     });
@@ -485,12 +543,12 @@
 
   function toast(s) {
     while (el.toasts.childElementCount >= MAX_TOASTS) el.toasts.firstElementChild.remove();
-    const [what, rates, factor] = spikeText(s);
+    const [what, rates, ratio] = spikeText(s);
     const box = document.createElement('div');
     box.className = 'toast';
     box.dataset.testid = 'toast';
     const head = document.createElement('b');
-    head.textContent = `Spike ${factor}: `;
+    head.textContent = `Spike ${ratio}: `;  // the measured ratio
     box.append(head, document.createTextNode(`${what} — ${rates}`));
     el.toasts.appendChild(box);
     setTimeout(() => box.remove(), TOAST_MS);
