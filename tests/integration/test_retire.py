@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from kernel.redis import RedisUnavailable, run_pipeline
 from schemas import keys as rk
@@ -224,3 +225,23 @@ async def test_closed_sale_retires_only_once_empty_and_adjusting_it_sells_nothin
                                      room_id="room-1", user_id="host")))
     await svc.sweep()
     assert await active(redis_client) == set()
+
+
+async def test_retire_runs_on_a_redis_cluster(cluster_client: RedisCluster) -> None:
+    """Each retire.lua call touches one sale's slot; the active set, in another slot, is changed by
+    plain SREM/SADD (one script over both would be refused CROSSSLOT)."""
+    sink, clock = Sink(), Clock(T0 + 1000)
+    metrics = WorkerMetrics()
+    svc = StockService(StockStore(cluster_client, metrics), metrics, sink.send, clock=clock)
+    sales = [f"rc{n}" for n in range(6)]
+    for s in sales:
+        await svc.handle(recs(sale_opened(sale_id=s, sku=f"k{s}", ttl_s=TTL_MS // 1000),
+                              order(f"o-{s}", "u1", T0 + 100, sale_id=s, sku=f"k{s}")))
+    await svc.handle(recs(*[make_event(SaleClosed(sale_id=s, sku=f"k{s}"), event_id=f"close-{s}", ts=T0 + 200,
+                                       room_id="room-1", user_id="host") for s in sales]))
+    await svc.sweep()
+    assert {m.decode() for m in await cluster_client.smembers(rk.active_sales())} >= set(sales), "deadlines left"
+    clock.t = T0 + 100 + TTL_MS
+    assert await svc.sweep() == len(sales)
+    assert sorted(sink.expired()) == sorted(f"o-{s}" for s in sales)
+    assert not {m.decode() for m in await cluster_client.smembers(rk.active_sales())} & set(sales)
