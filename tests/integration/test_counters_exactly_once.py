@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from schemas import keys
+from schemas.codec import encode_batch
 from schemas.events import (
     Event,
     OrderCancelled,
@@ -32,6 +34,7 @@ from schemas.events import (
     ViewerLiked,
     make_event,
 )
+from streams.emit import Record
 from tests.harness.broker import Broker
 from tests.harness.kafka import produce_events
 from tests.harness.workers import start_worker
@@ -237,3 +240,29 @@ async def test_gmv_is_what_the_stock_core_confirmed(broker: Broker, worker_env: 
         assert funnel["g:*:*"] == 2100 and funnel["p:*:*"] == 4
     finally:
         worker.process.stop()
+
+
+async def test_a_payment_is_judged_by_its_records_time_not_the_clients(redis_client: aioredis.Redis) -> None:
+    """The stock core decides lateness by the record's timestamp (kernel.clock.pipeline_time_ms); so do
+    the counters: a payment whose client clock claims to be in time, in a record stamped after the
+    deadline, is refused; one in time by its record counts at the stock core's price."""
+    h = Harness(redis_client)
+    deadline = T0 + 300_000
+    for oid, user in (("late", "u1"), ("ok", "u2")):
+        await redis_client.hset(keys.sale_orders("st"), oid,
+                                orjson.dumps({"s": "reserved", "q": 2, "p": 250, "u": user, "d": deadline}))
+
+    def paid(oid: str, user: str) -> Event:
+        return make_event(OrderPaid(order_id=oid, sale_id="st", sku="k", amount=500), event_id=f"pay-{oid}",
+                          ts=deadline - 10_000, room_id="rt", user_id=user)
+
+    records = [Record("orders", 0, 0, encode_batch([paid("late", "u1")]), timestamp_ms=deadline + 1),
+               Record("orders", 0, 1, encode_batch([paid("ok", "u2")]), timestamp_ms=deadline)]
+    await h.services["orders"].handle(records)
+    assert await hget_int(redis_client, keys.room_base("rt"), "gmv") == 500
+    assert await hget_int(redis_client, keys.room_base("rt"), "paid") == 1
+    assert await hget_int(redis_client, keys.sale_base("st"), "refused") == 1
+    # retried (a crash before the offsets were committed): the same verdicts
+    await h.services["orders"].handle([replace(r) for r in records])
+    assert await hget_int(redis_client, keys.room_base("rt"), "gmv") == 500
+    assert await hget_int(redis_client, keys.sale_base("st"), "refused") == 1
