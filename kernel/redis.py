@@ -9,6 +9,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
@@ -26,15 +28,23 @@ AnyRedis = aioredis.Redis | RedisCluster
 
 def connect(url: str, cluster: bool = False, *, timeout_s: float | None = None,
             connect_timeout_s: float | None = None, max_connections: int | None = None,
-            pool_wait_s: float = 5.0) -> AnyRedis:
+            pool_wait_s: float = 5.0, retries: int | None = None, health_check_s: float = 10.0) -> AnyRedis:
     """The one way every process makes a Redis client. No I/O here: redis-py connects lazily on the
     first command, inside the running loop.
 
     ``timeout_s`` bounds connecting and each reply (a health probe wants that; the default waits like
     redis-py); ``connect_timeout_s`` bounds connecting only. ``max_connections`` sizes a blocking pool on a
     single node: under load a command waits up to ``pool_wait_s`` for a free connection instead of failing
-    with "Too many connections" (a Cluster client keeps up to that many connections per node)."""
+    with "Too many connections" (a Cluster client keeps up to that many connections per node).
+
+    ``retries`` (single node) replaces redis-py's own retry policy, which differs between versions
+    (none in 5.x, three with backoff in 6+): 0 means a timeout or lost connection raises at once (the
+    connection is dropped, the next command opens a fresh one) and the caller's loop retries.
+    ``health_check_s``: a connection idle for longer is PINGed before it is used again, so a stale one
+    is replaced before a command is lost on it."""
     opts: dict[str, Any] = {}
+    if retries is not None and not cluster:
+        opts["retry"] = Retry(NoBackoff(), retries)
     if timeout_s is not None:
         opts.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     elif connect_timeout_s is not None:
@@ -45,9 +55,10 @@ def connect(url: str, cluster: bool = False, *, timeout_s: float | None = None,
         return RedisCluster.from_url(url, decode_responses=False, **opts)
     if max_connections is not None:
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=pool_wait_s,
-                                                        decode_responses=False, health_check_interval=10, **opts)
+                                                        decode_responses=False, health_check_interval=health_check_s,
+                                                        **opts)
         return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
-    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10, **opts)
+    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=health_check_s, **opts)
 
 
 class RedisUnavailable(RedisConnectionError):

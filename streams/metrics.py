@@ -37,6 +37,8 @@ class WorkerMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r)
         self.redis_errors = Counter(
             "flashsale_redis_errors_total", "Redis calls that failed, by operation", ["op"], registry=r)
+        self.broker_errors = Counter(
+            "flashsale_broker_errors_total", "Broker requests that failed, by operation", ["op"], registry=r)
         self.decisions = Counter(
             "flashsale_order_decisions_total", "Order decisions, by outcome and reason",
             ["outcome", "reason"], registry=r)

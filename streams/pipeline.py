@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +50,12 @@ class RedisClients(Service):
         client = self._clients.get(name)
         if client is None:
             s = self._settings
-            client = self._clients[name] = connect(s.redis_url, s.redis_cluster, timeout_s=timeout_s)
+            # Our own limits, not redis-py's defaults (which change between versions): every connect and
+            # reply is bounded, a timeout or lost connection raises at once (no hidden retries: the
+            # batch's retry loop goes again on a fresh connection) and an idle connection is PINGed
+            # before reuse.
+            client = self._clients[name] = connect(s.redis_url, s.redis_cluster, timeout_s=timeout_s, retries=0,
+                                                   health_check_s=s.redis_health_check_s)
         return client
 
     async def on_stop(self) -> None:
@@ -87,10 +93,25 @@ class Pipeline:
             logger.info("signing outputs with key %s", self.output_keys.signing_key_id)
 
     async def send(self, logical: str, key: bytes, value: bytes) -> Any:
-        """Produce to a pipeline topic, signed when a key is configured; returns a future resolved
-        when the broker acknowledges."""
+        """Produce to a pipeline topic, signed when a key is configured; returns an awaitable resolved
+        when the broker acknowledges, or raising ``asyncio.TimeoutError`` (transient: the batch is
+        retried) if that takes longer than FLASHSALE_SEND_TIMEOUT_S. Handing the record to the producer
+        is bounded the same way."""
         topic = {"order-decisions": self.decisions, "alerts": self.alerts, "dead-letter": self.dead_letter,
                  "orders": self.orders, "engagement": self.engagement}[logical]
+        limit = self.settings.send_timeout_s
         if self.output_keys is None:
-            return await topic.send(key=key, value=value)
-        return await topic.send(key=key, value=value, headers=[self.output_keys.header(logical, value)])
+            fut = await asyncio.wait_for(topic.send(key=key, value=value), limit)
+        else:
+            fut = await asyncio.wait_for(
+                topic.send(key=key, value=value, headers=[self.output_keys.header(logical, value)]), limit)
+        # The clock runs from now, whether or not (or when) the caller awaits; a failure nobody awaited
+        # is marked retrieved (the caller that stopped waiting has retried the batch already).
+        acked = asyncio.ensure_future(asyncio.wait_for(asyncio.shield(fut), limit))
+        acked.add_done_callback(_retrieve)
+        return acked
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

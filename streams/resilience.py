@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 # (emit.OUTPUT_MAX_BYTES, cut dead letters), so a failed send is the broker's trouble: wait and retry.
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, KafkaError, ConnectionError, OSError, asyncio.TimeoutError,
              ProducerSendError)
+# Short enough that decisions resume well within 2 s of a fault ending (backoff + one Redis timeout).
+MAX_BACKOFF_S = 0.5
 Handler = Callable[[Sequence[Record]], Awaitable[None]]
 
 
@@ -39,7 +41,7 @@ async def _retrying(handle: Handler, records: Sequence[Record], metrics: WorkerM
             metrics.redis_errors.labels(f"{agent}_batch").inc()
             logger.warning("%s: transient failure (%s: %s); retrying in %.2fs", agent, type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, MAX_BACKOFF_S)
 
 
 async def process(handle: Handler, records: Sequence[Record], send: SendFn, metrics: WorkerMetrics,

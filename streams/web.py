@@ -8,12 +8,15 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import Gauge
 from prometheus_client.exposition import choose_encoder
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from kernel.redis import RedisUnavailable
 from streams.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
@@ -21,6 +24,7 @@ logger = logging.getLogger(__name__)
 LAG_INTERVAL_S = 2.0
 REDIS_TIMEOUT_S = 1.0
 OFFSET_TIMEOUT_S = 2.0
+BROKER_TIMEOUT_S = 1.0
 
 LagLabels = tuple[str, str]  # (topic, partition) as the gauge's label values
 
@@ -91,27 +95,57 @@ class Health:
         return [self._label(tp) for tp in tps]
 
     async def redis_problem(self) -> str | None:
-        """None when Redis answers PING; otherwise why not (never the URL: it may hold a password)."""
+        """None when Redis answers PING; otherwise why not (never the URL: it may hold a password).
+
+        A connection that Redis dropped while it was away (restart, failover) fails its first use and is
+        discarded: that is not an outage, so a lost connection is retried once on a fresh one (within
+        the same bound) before the answer is "not ready". A timeout is not retried: Redis is not answering."""
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(self._pipeline.redis.probe().ping(), REDIS_TIMEOUT_S * 2)
+            await asyncio.wait_for(self._ping(), REDIS_TIMEOUT_S * 2)
         except (TimeoutError, RedisError, OSError) as exc:
             self._metrics.redis_errors.labels(op="ping").inc()
             return f"redis did not answer PING: {type(exc).__name__}"
         self._metrics.redis_latency.labels(op="ping").observe(time.perf_counter() - started)
         return None
 
+    async def _ping(self) -> None:
+        client = self._pipeline.redis.probe()
+        try:
+            await client.ping()
+        except (RedisConnectionError, ConnectionError) as exc:
+            if isinstance(exc, RedisUnavailable):
+                raise
+            await client.ping()
+
+    async def broker_problem(self) -> str | None:
+        """None when a broker answers a metadata request within BROKER_TIMEOUT_S on the producer's
+        connections (the ones decisions go out on); otherwise why not."""
+        producer: Any = self._pipeline.app.producer
+        client = getattr(getattr(producer, "_producer", None), "client", None)  # the driver's aiokafka client
+        if client is None:  # not started yet: the group is not joined either, which readiness reports
+            return None
+        try:
+            await asyncio.wait_for(client.fetch_all_metadata(), BROKER_TIMEOUT_S)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            self._metrics.broker_errors.labels(op="metadata").inc()
+            return f"broker did not answer: {type(exc).__name__}"
+        return None
+
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         reasons = []
         if not self.joined:
             reasons.append("consumer group not joined yet")
-        redis = await self.redis_problem()
-        if redis is not None:
-            reasons.append(redis)
+        redis, broker = await asyncio.gather(self.redis_problem(), self.broker_problem())
+        for problem in (redis, broker):
+            if problem is not None:
+                reasons.append(problem)
         body: dict[str, Any] = {
             "ready": not reasons, "group_joined": self.joined, "partitions": len(self.assigned),
             "rebalancing": bool(getattr(self._pipeline.app, "rebalancing", False)), "redis": redis or "ok",
         }
+        if broker is not None:
+            body["broker"] = broker
         if reasons:
             body["reason"] = "; ".join(reasons)
         return not reasons, body

@@ -23,7 +23,6 @@ from streams.resilience import process
 logger = logging.getLogger(__name__)
 
 NAMES = {ENGAGEMENT: "engagement", ORDERS: "orders", DECISIONS: "decisions"}
-SHUTDOWN_WAIT_S = 10.0
 CHUNK_BYTES = 1 << 20  # about 7,000 events of JSON
 
 
@@ -103,7 +102,7 @@ def register(p: Pipeline) -> None:
             finally:
                 if inflight is not None and not inflight.done():
                     try:
-                        await asyncio.wait_for(asyncio.shield(inflight), SHUTDOWN_WAIT_S)
+                        await asyncio.wait_for(asyncio.shield(inflight), p.settings.shutdown_wait_s)
                     except BaseException:  # stopping: unacked events are redelivered, effects are idempotent
                         inflight.cancel()
 
