@@ -70,7 +70,8 @@ def sales_index() -> str:
 
 
 def active_sales() -> str:
-    """Set: sales still open or holding reservations; the reservation sweeper walks it."""
+    """Set: sales still open or holding reservations or outbox items; the sweeper walks it. A sale
+    leaves it only through ``retire.lua`` (hash fields ``retiring``, ``retiring_until``)."""
     return f"{NS}:sales:active"
 
 
