@@ -200,7 +200,8 @@ def test_frame_format_and_channels() -> None:
     assert sse_frame("snapshot", b'{"a":1}', 7) == b'id: 7\nevent: snapshot\ndata: {"a":1}\n\n'
     assert parse_channel(None) == ALL and parse_channel("") == ALL
     assert parse_channel("share_link") == "share_link"
-    assert parse_channel("other") is None and parse_channel("bogus") is None
+    assert parse_channel("other") == "other"  # events that name no channel have a funnel too (issue 15)
+    assert parse_channel("bogus") is None
 
 
 async def test_a_page_that_leaves_before_the_first_tick_does_not_busy_loop() -> None:
