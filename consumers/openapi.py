@@ -40,7 +40,7 @@ def _schemas() -> dict[str, oa.Schema]:
     series = {"type": "array", "items": point}
     stage = _obj({"stage": {"enum": list(keys.STAGES)}, "users": INT, "rate_from_prev": NUM_OR_NULL})
     stages = {"type": "array", "items": stage}
-    money = {"orders": INT, "paid_orders": INT, "gmv": INT, "aov": NUM}
+    money = {"orders": INT, "paid_orders": INT, "gmv": INT, "aov": NUM_OR_NULL}  # ratios: null when 0/0
     return {
         "Access": _obj({"room_id": STR_OR_NULL, "all_rooms": {"type": "boolean"}, "expires_at_ms": INT},
                        "What the token opens (room_id null: every room)."),
@@ -51,7 +51,7 @@ def _schemas() -> dict[str, oa.Schema]:
                       "available": INT, "reserved": INT, "sold": INT, "attempts": INT, "accepted": INT,
                       "rejected": _obj({r: INT for r in REJECT_REASONS}), "attempts_per_s": rates,
                       "accepted_per_s": rates, "opened_at": INT_OR_NULL, "sold_out_at": INT_OR_NULL,
-                      "seconds_to_sell_out": NUM_OR_NULL, "sell_through": NUM,
+                      "seconds_to_sell_out": NUM_OR_NULL, "sell_through": NUM_OR_NULL,
                       "projected_sell_out_at": INT_OR_NULL, "paid": INT, "gmv": INT, "as_of_ms": INT},
                      "One flash sale: the stock core's stock (allotted = available + reserved + sold), "
                      "outcomes, rates and sell-out timing."),
@@ -69,8 +69,8 @@ def _schemas() -> dict[str, oa.Schema]:
             "as_of_ms": INT}, "Everything the host's dashboard shows for one room."),
         "Funnel": _obj({
             "room_id": {"type": "string"}, "channel": {"enum": [*CHANNELS, None]}, "sku": STR_OR_NULL,
-            "stages": stages, "overall_rate": NUM, **money,
-            "windows": _obj({"5m": {"oneOf": [{"type": "null"}, _obj({"stages": stages, "overall_rate": NUM,
+            "stages": stages, "overall_rate": NUM_OR_NULL, **money,
+            "windows": _obj({"5m": {"oneOf": [{"type": "null"}, _obj({"stages": stages, "overall_rate": NUM_OR_NULL,
                                                                        **money, "from_ms": INT})]}}),
             "skus": {"type": "array", "items": {"type": "string"}}, "as_of_ms": INT},
             "Distinct users per funnel stage (HyperLogLog), orders, GMV and AOV, whole stream and last 5 minutes."),
