@@ -17,12 +17,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("which", nargs="?", default="all",
                    choices=["all", "decode", "stock", "reference", "metrics", "dashboard"],
                    help="which benchmark (default: all)")
-    p.add_argument("--rates", default="1000,5000,10000,15000", help="stock attempt rates per second")
+    p.add_argument("--rates", default="1000,5000,10000,15000", 
+                   help="stock attempt rates per second, comma-separated (default 1000,5000,10000,15000)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per fixed-rate step (default 10)")
-    p.add_argument("--backlog", type=int, default=200_000, help="attempts in the sustained-throughput backlog")
-    p.add_argument("--naive-backlog", type=int, default=30_000, help="backlog for the naive per-event agent")
-    p.add_argument("--out", default="bench-results.json", help="JSON output file")
-    p.add_argument("--report", default="docs/BENCHMARKS.md", help="Markdown report (with 'all')")
+    p.add_argument("--backlog", type=int, default=200_000, 
+                   help="attempts in the sustained-throughput backlog (default 200000)")
+    p.add_argument("--naive-backlog", type=int, default=30_000, 
+                   help="backlog for the naive per-event agent (default 30000)")
+    p.add_argument("--out", default="bench-results.json", help="JSON output file (default bench-results.json)")
+    p.add_argument("--report", default="docs/BENCHMARKS.md", 
+                   help="Markdown report, written with 'all' (default docs/BENCHMARKS.md)")
     args = p.parse_args(argv)
     try:
         rates = [float(r) for r in args.rates.split(",") if r.strip()]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
+from kernel.settings import ConfigError
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": (
         "flashsale.up",
@@ -26,7 +28,8 @@ def usage() -> str:
     lines += [
         "",
         "Run 'flashsale COMMAND --help' for a command's options.",
-        "Settings come from FLASHSALE_* environment variables (see README).",
+        "Settings come from FLASHSALE_* environment variables over the env file FLASHSALE_ENV_FILE",
+        "(default .flashsale/endpoints.env, written by 'flashsale up'); see README.",
     ]
     return "\n".join(lines)
 
@@ -46,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flashsale: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = import_module(COMMANDS[cmd][0])
-    return int(module.main(args[1:]) or 0)
+    try:
+        return int(module.main(args[1:]) or 0)
+    except ConfigError as exc:  # the shared bootstrap: a bad setting is one line and exit 2, for every command
+        print(f"flashsale {cmd}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Create every pipeline topic that does not exist yet. Uses "
                                             "FLASHSALE_BROKER_URL, FLASHSALE_TOPIC_PREFIX, FLASHSALE_PARTITIONS "
                                             "and FLASHSALE_REPLICATION unless given here.")
-    p.add_argument("--partitions", type=int, help="partitions of the keyed topics")
-    p.add_argument("--replication", type=int, help="replication factor")
+    p.add_argument("--partitions", type=int, help="partitions of the keyed topics (default FLASHSALE_PARTITIONS, 8)")
+    p.add_argument("--replication", type=int, help="replication factor (default FLASHSALE_REPLICATION, 1)")
     args = p.parse_args(argv)
     from streams.settings import get_settings
 

@@ -81,14 +81,15 @@ def parse(argv: list[str] | None, settings: SimulatorSettings) -> argparse.Names
     r.add_argument("--no-create-topics", action="store_true", default=not settings.auto_create_topics,
                    help="do not create missing topics")
     r.add_argument("--chunk", type=int, default=5000, help="max events per publish call (default 5000)")
-    r.add_argument("--loop", action="store_true", help="repeat the stream with new ids until interrupted")
-    r.add_argument("--loops", type=int, default=0, help="repeat this many times (implies --loop; 0 = forever)")
+    r.add_argument("--loop", action="store_true", help="repeat the stream with new ids until interrupted (default off)")
+    r.add_argument("--loops", type=int, default=0, help="repeat this many times (implies --loop; default 0 = forever)")
     r.add_argument("--pause", type=float, default=5.0, help="seconds between loops (default 5)")
     o = p.add_argument_group("output")
     o.add_argument("--dry-run", action="store_true",
-                   help="build the plan and print what it would send as JSON; publish nothing")
-    o.add_argument("--json", action="store_true", help="print a JSON summary of each run on stdout")
-    o.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+                   help="build the plan and print a JSON summary of what it would send (events by type, "
+                        "expected sales outcome); publish nothing (default off)")
+    o.add_argument("--json", action="store_true", help="print a JSON summary of each run on stdout (default off)")
+    o.add_argument("--quiet", "-q", action="store_true", help="no progress lines (default off)")
     o.add_argument("--log-level", default="warning", help="logging level (default warning)")
     return p.parse_args(argv)
 

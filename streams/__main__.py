@@ -13,8 +13,9 @@ from kernel.settings import ConfigError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="flashsale worker",
-        description="Run a flashsale stream worker (stock, counters, funnel agents). "
-                    "Configured by FLASHSALE_* environment variables; see the README.")
+        description="Run a flashsale stream worker: the agents named by FLASHSALE_AGENTS (stock: reservations "
+                    "and decisions; counters: room, sale and funnel counters; default both). Configured by "
+                    "FLASHSALE_* environment variables and the env file FLASHSALE_ENV_FILE; see the README.")
     parser.add_argument("--log-level", default=None, help="debug, info, warning (default FLASHSALE_LOG_LEVEL or info)")
     args = parser.parse_args(argv)
 
