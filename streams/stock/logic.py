@@ -58,7 +58,8 @@ def to_op(event: Event, now_ms: int | None = None) -> dict[str, Any] | None:
         return {"op": "open", "event_id": event.event_id, "sale_id": d.sale_id, "sku": d.sku,
                 "room_id": event.room_id, "price": d.price, "allotment": d.allotment,
                 "per_user_limit": d.per_user_limit, "starts_at": d.starts_at, "ends_at": d.ends_at,
-                "ttl_ms": d.reservation_ttl_s * 1000, "ts": ts}
+                "ttl_ms": d.reservation_ttl_s * 1000, "ts": ts,
+                **({"title": d.title} if d.title else {}), **({"image_url": d.image_url} if d.image_url else {})}
     if isinstance(d, SaleClosed):
         return {"op": "close", "event_id": event.event_id, "ts": ts}
     if isinstance(d, StockAdjusted):

@@ -238,6 +238,9 @@ local function apply(i, o)
       S.price = o.price; S.per_user_limit = o.per_user_limit
       S.starts_at = o.starts_at; S.ends_at = o.ends_at; S.ttl_ms = o.ttl_ms
       S.status = 'open'
+      -- the product as the host names it (optional; a JSON null decodes truthy in Lua, hence type())
+      if type(o.title) == 'string' then S.title = o.title end
+      if type(o.image_url) == 'string' then S.image_url = o.image_url end
       note_sold_out(o.ts)
     elseif not exists then
       status = 'unknown_sale'

@@ -510,3 +510,21 @@ async def test_a_sweep_over_its_time_budget_stops_and_the_next_tick_goes_on(redi
     assert await svc.sweep() == 0
     assert Counter(d["data"]["order_id"] for d in sink.decisions("order.expired")) == Counter(ids)
     assert await redis_client.zcard(rk.sale_outbox("s1")) == 0
+
+
+async def test_the_sale_keeps_its_product_title_and_image_for_the_dashboard(svc_parts: Any,
+                                                                             redis_client: aioredis.Redis) -> None:
+    from consumers.readmodel import sale_view
+    from schemas.events import SaleOpened, make_event
+
+    svc, _, _ = svc_parts
+    named = make_event(SaleOpened(sale_id="s1", sku="sku-1", price=9900, allotment=5, per_user_limit=2,
+                                  starts_at=T0, ends_at=T0 + 3_600_000, reservation_ttl_s=30,
+                                  title="Silk scarf, spring print", image_url="https://cdn.example/scarf.jpg"),
+                       event_id="open-s1", ts=T0, room_id="room-1", user_id="host")
+    await svc.handle(records([named, sale_opened("s2", sku="sku-2")]))
+    view = await sale_view(redis_client, "s1", T0 + 1000)
+    assert view is not None
+    assert (view["title"], view["image_url"]) == ("Silk scarf, spring print", "https://cdn.example/scarf.jpg")
+    plain = await sale_view(redis_client, "s2", T0 + 1000)
+    assert plain is not None and plain["title"] is None and plain["image_url"] is None
