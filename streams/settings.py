@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from kernel.kafka_auth import KafkaAuth
 from kernel.settings import FlashsaleSettings
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, PRODUCER_MAX_REQUEST_BYTES
 
@@ -92,7 +93,22 @@ class WorkerSettings(FlashsaleSettings):
             "web_bind": self.web_host,
             "web_port": self.web_port,
             "web_host": self.web_host,
+            **({"broker_credentials": creds} if (creds := faust_credentials(self.kafka_auth)) is not None else {}),
         }
+
+
+def faust_credentials(auth: KafkaAuth) -> Any:
+    """The Faust credentials for ``auth`` (``kernel.kafka_auth``); None for PLAINTEXT. Faust's aiokafka
+    driver turns them into the same options every other flashsale Kafka client gets."""
+    if auth.protocol == "PLAINTEXT":
+        return None
+    import faust  # only when credentials are configured: the settings stay importable without Faust loaded
+
+    if auth.sasl:
+        assert auth.password is not None
+        return faust.SASLCredentials(username=auth.username, password=auth.password.get_secret_value(),
+                                     mechanism=auth.mechanism, ssl_context=auth.ssl_context())
+    return faust.SSLCredentials(auth.ssl_context())
 
 
 def get_settings(environ: Mapping[str, str] | None = None) -> WorkerSettings:

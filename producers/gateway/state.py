@@ -108,7 +108,8 @@ class GatewayState:
         self.publisher = Publisher.from_settings(s.publisher)
         self.waiter = DecisionWaiter(s.publisher.bootstrap, self.publisher.names.decisions, redis=self.redis,
                                      poll_interval_s=DECISION_POLL_S, start_timeout_s=s.publisher.timeout_ms / 1000,
-                                     output_keys=s.output_keys)  # a decision no worker signed never answers
+                                     output_keys=s.output_keys,  # a decision no worker signed never answers
+                                     kafka_auth=s.publisher.kafka_auth)
         self._connect_task = asyncio.create_task(self._connect(), name="gateway-connect")
 
     async def _connect(self) -> None:
@@ -119,7 +120,9 @@ class GatewayState:
             try:
                 if s.auto_create_topics:
                     await asyncio.wait_for(ensure_topics(s.publisher.bootstrap, s.publisher.topic_prefix,
-                                                         s.partitions, s.replication), s.publisher.timeout_ms / 1000)
+                                                         s.partitions, s.replication,
+                                                         kafka_auth=s.publisher.kafka_auth),
+                                           s.publisher.timeout_ms / 1000)
                 await self.publisher.start()
                 await self.waiter.start()
             except ValueError as exc:  # bad producer settings: retrying cannot help

@@ -63,3 +63,25 @@ def test_settings_name_the_missing_credentials() -> None:
     assert s.kafka_auth.aiokafka_kwargs()["sasl_plain_username"] == "worker"
     assert "pw-9" not in repr(s)
     assert FlashsaleSettings().kafka_auth.aiokafka_kwargs() == {}
+
+
+def test_the_worker_gives_faust_the_same_credentials() -> None:
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from streams.settings import WorkerSettings
+
+    plain = WorkerSettings().faust_options()
+    assert "broker_credentials" not in plain
+    s = WorkerSettings.from_env({"FLASHSALE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                                 "FLASHSALE_KAFKA_USERNAME": "worker", "FLASHSALE_KAFKA_PASSWORD": "pw-w"})
+    opts = credentials_to_aiokafka_auth(s.faust_options()["broker_credentials"])  # what Faust's driver passes
+    assert {k: v for k, v in opts.items() if v is not None} == s.kafka_auth.aiokafka_kwargs()
+
+
+def test_the_gateway_waits_for_decisions_as_its_own_user() -> None:
+    from producers.gateway.settings import GatewaySettings
+
+    s = GatewaySettings.from_env({"FLASHSALE_GATEWAY_TOKEN": "t" * 32, "FLASHSALE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                                  "FLASHSALE_KAFKA_USERNAME": "gateway", "FLASHSALE_KAFKA_PASSWORD": "pw-g"})
+    assert s.publisher.kafka_auth.username == "gateway"
+    assert Publisher.from_settings(s.publisher)._options["security_protocol"] == "SASL_SSL"
