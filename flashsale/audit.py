@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from kernel.kafka_auth import KafkaAuth
 from kernel.settings import ConfigError, redact_url
 from schemas import keys as rk
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
@@ -78,9 +79,15 @@ class Unreadable(RuntimeError):
         self.topic, self.partitions, self.reason = topic, partitions, reason
 
 
-async def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+def _auth(kafka_auth: KafkaAuth | None) -> dict[str, Any]:
+    return kafka_auth.aiokafka_kwargs() if kafka_auth is not None else {}
+
+
+async def end_offsets(bootstrap: str, topics: Iterable[str], kafka_auth: KafkaAuth | None = None
+                      ) -> dict[TopicPartition, int]:
     """The end offset of every partition of ``topics``, all fixed now (the cut's upper bound)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=15_000)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=15_000,
+                                **_auth(kafka_auth))
     await consumer.start()
     try:
         tps: list[TopicPartition] = []
@@ -96,7 +103,8 @@ async def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartit
 
 
 async def read_log(bootstrap: str, topic: str, max_bytes: int | None = None, raw: bool = False,
-                   ends: dict[TopicPartition, int] | None = None, stall_s: float = 30.0) -> list[Any]:
+                   ends: dict[TopicPartition, int] | None = None, stall_s: float = 30.0,
+                   kafka_auth: KafkaAuth | None = None) -> list[Any]:
     """Every valid event in ``topic`` from the beginning to ``ends`` (the end offsets fixed by the caller,
     else now), no consumer group. Records over ``max_bytes`` are skipped, as the worker dead-letters them
     unread; ``raw`` returns decoded JSON values. A partition that makes no progress towards its end for
@@ -105,13 +113,13 @@ async def read_log(bootstrap: str, topic: str, max_bytes: int | None = None, raw
     # the explicit seek to the beginning below; with aiokafka's default ("latest") some partitions
     # were then read from their end and the audit reported lost attempts that were not lost.
     if ends is None:
-        ends = await end_offsets(bootstrap, [topic])
+        ends = await end_offsets(bootstrap, [topic], kafka_auth)
     tps = sorted((tp for tp in ends if tp.topic == topic), key=lambda tp: tp.partition)
     events: list[Any] = []
     if not tps:
         return events
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100,
-                                request_timeout_ms=15_000, auto_offset_reset="earliest")
+                                request_timeout_ms=15_000, auto_offset_reset="earliest", **_auth(kafka_auth))
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -290,7 +298,8 @@ def in_flight_reasons(snap: SaleSnapshot | None, last_event_ms: int | None, now_
 
 async def audit(bootstrap: str, redis_url: str, prefix: str, cluster: bool = False,
                 only: str | None = None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-                settle_s: float | None = None, now_ms: int | None = None) -> list[SaleAudit]:
+                settle_s: float | None = None, now_ms: int | None = None,
+                kafka_auth: KafkaAuth | None = None) -> list[SaleAudit]:
     """Audit every sale. Records over ``max_record_bytes`` (the worker's FLASHSALE_MAX_RECORD_BYTES)
     and events dead-lettered with handler_error were never applied, so they are not expected in Redis.
 
@@ -310,11 +319,11 @@ async def audit(bootstrap: str, redis_url: str, prefix: str, cluster: bool = Fal
             if not only or sale_id == only:
                 snaps[sale_id] = await snapshot(client, sale_id, atomic=not cluster)
         # The cut: fixed after Redis was read, so the logs hold every input Redis applied.
-        ends = await end_offsets(bootstrap, [names.orders, names.decisions, names.dead_letter])
+        ends = await end_offsets(bootstrap, [names.orders, names.decisions, names.dead_letter], kafka_auth)
         inputs, outputs, letters = await asyncio.gather(
-            read_log(bootstrap, names.orders, max_record_bytes, ends=ends),
-            read_log(bootstrap, names.decisions, ends=ends),
-            read_log(bootstrap, names.dead_letter, raw=True, ends=ends))
+            read_log(bootstrap, names.orders, max_record_bytes, ends=ends, kafka_auth=kafka_auth),
+            read_log(bootstrap, names.decisions, ends=ends, kafka_auth=kafka_auth),
+            read_log(bootstrap, names.dead_letter, raw=True, ends=ends, kafka_auth=kafka_auth))
         logs = fold(inputs, outputs, dead_lettered(letters))
         last: dict[str, int] = {}
         for e in inputs:
@@ -415,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         s = s.updated({"broker_url": args.broker, "redis_url": args.redis, "redis_cluster": args.redis_cluster,
                        "topic_prefix": args.prefix, "max_record_bytes": args.max_record_bytes}, FLAGS)
         results = asyncio.run(audit(s.bootstrap, s.redis_url, s.topic_prefix, s.redis_cluster, args.sale,
-                                    s.max_record_bytes, settle_s=None if args.strict else args.settle))
+                                    s.max_record_bytes, settle_s=None if args.strict else args.settle,
+                                    kafka_auth=s.kafka_auth))
     except ConfigError as exc:
         print(f"flashsale audit: {exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flashsale topics: {exc}", file=sys.stderr)
         return 2
     try:
-        names = asyncio.run(ensure_topics(s.bootstrap, s.topic_prefix, s.partitions, s.replication))
+        names = asyncio.run(ensure_topics(s.bootstrap, s.topic_prefix, s.partitions, s.replication,
+                                          kafka_auth=s.kafka_auth))
     except Exception as exc:  # noqa: BLE001 - report any broker failure plainly
         print(f"flashsale topics: cannot create topics on {s.bootstrap}: {exc}", file=sys.stderr)
         return 1

@@ -161,7 +161,8 @@ async def simulate(args: argparse.Namespace, settings: SimulatorSettings) -> int
 
     bootstrap = settings.bootstrap
     if settings.auto_create_topics:
-        await asyncio.wait_for(ensure_topics(bootstrap, settings.topic_prefix, settings.partitions), 30)
+        await asyncio.wait_for(ensure_topics(bootstrap, settings.topic_prefix, settings.partitions,
+                                                 kafka_auth=settings.kafka_auth), 30)
     base = args.run_id or default_run_id()
     looping = args.loop or args.loops > 0
     iteration = 0
@@ -174,7 +175,8 @@ async def simulate(args: argparse.Namespace, settings: SimulatorSettings) -> int
             if settings.feedback:
                 orders = params.attempts_per_sale * params.sales * params.rooms
                 waiter = DecisionWaiter(bootstrap, TopicNames(settings.topic_prefix).decisions,
-                                        remember=max(20_000, 2 * orders), output_keys=settings.output_keys)
+                                        remember=max(20_000, 2 * orders), output_keys=settings.output_keys,
+                                        kafka_auth=settings.kafka_auth)
                 try:
                     await waiter.start()  # before the first order: decisions are followed from the end
                 except ConnectionError as exc:

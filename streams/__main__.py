@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             asyncio.run(ensure_topics(settings.bootstrap, settings.topic_prefix, settings.partitions,
-                                      settings.replication))
+                                      settings.replication, kafka_auth=settings.kafka_auth))
         except Exception as exc:  # noqa: BLE001 - report any broker failure plainly
             print(f"flashsale worker: cannot reach the broker at {settings.bootstrap}: {exc}", file=sys.stderr)
             return 1
