@@ -26,7 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help=f"bind address (default {DashboardSettings.model_fields['host'].default})")
     parser.add_argument("--port", type=int, help=f"port (default {DashboardSettings.model_fields['port'].default})")
     parser.add_argument("--redis-url", help="Redis URL (default FLASHSALE_REDIS_URL)")
-    parser.add_argument("--push-interval", type=float, help="seconds between live pushes, 0.05-1.0")
+    parser.add_argument("--push-interval", type=float,
+                        help="seconds between live pushes, 0.05-1.0 (default "
+                             f"{DashboardSettings.model_fields['push_interval_s'].default}, "
+                             "FLASHSALE_DASHBOARD_PUSH_INTERVAL_S)")
     return parser
 
 

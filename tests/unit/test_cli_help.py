@@ -43,10 +43,6 @@ def help_of(argv: list[str]) -> str:
 
 CASES = [pytest.param(["-m", "flashsale", name], id=name) for name in COMMANDS]
 CASES += [pytest.param(["-m", "bench"], id="bench")]
-# consumers/ is not this change's to edit: its --push-interval help lacks the default (reported).
-CASES = [pytest.param(*c.values, id=c.id, marks=pytest.mark.xfail(strict=True, reason="dashboard --push-interval "
-                                                                 "has no default in its help")) if c.id == "dashboard"
-         else c for c in CASES]
 
 
 @pytest.mark.parametrize("argv", CASES)

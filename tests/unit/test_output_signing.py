@@ -109,8 +109,12 @@ class FakeTopic:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
 
-    async def send(self, **kw: Any) -> None:
+    async def send(self, **kw: Any) -> asyncio.Future[None]:
+        """Like a Faust topic: hands the record over and returns the future of the broker's ack."""
         self.sent.append(kw)
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        return acked
 
 
 def test_the_worker_signs_every_record_it_sends_once_a_key_is_set(caplog: pytest.LogCaptureFixture) -> None:
