@@ -158,10 +158,12 @@ async def test_broker_blackhole(proxied_broker: tuple[Broker, TcpProxy],  # noqa
                                 aof_redis: AofRedis, rc: aioredis.Redis, topic_prefix: str,
                                 tmp_path: Path, artifacts_dir: Path) -> None:
     broker, proxy = proxied_broker
-    # Bounded waits: a worker that notices a hung broker connection (its own producer request limit,
-    # FLASHSALE_SEND_TIMEOUT_S) decides again within seconds of the heal (20 s is generous); before
-    # that limit it took 40 s to minutes (Faust's producer.flush() waited for its 20-minute default).
+    # Bounded waits: produce calls carry the worker's own limit (FLASHSALE_SEND_TIMEOUT_S), so the
+    # rebalance no longer hangs in Faust's producer.flush() for its 20-minute default; a fetch or
+    # heartbeat on a blackholed connection still waits for broker_request_timeout (40 s). Measured:
+    # decisions resumed 1.56 s after the heal in one run and took over 20 s in another, so the bound
+    # asserted is that timeout plus slack, not seconds (issue 13: a consumer-side limit is still open).
     entry = await broker_case(broker, proxy, aof_redis, rc, topic_prefix, tmp_path / "logs",
-                              ((0.2, "blackhole"),), seed=15, resume_timeout=20.0, answer_timeout=60.0)
+                              ((0.2, "blackhole"),), seed=15, resume_timeout=60.0, answer_timeout=90.0)
     record(artifacts_dir, {"test": "broker_blackhole", **entry})
 
