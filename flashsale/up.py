@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
+import redis
+
 from consumers.access import Signer
 from consumers.dashboard.links import link
 from consumers.dashboard.settings import get_settings as dashboard_settings
@@ -27,6 +29,7 @@ from flashsale.embedded import (
     start_tansu,
     stop_in_stages,
 )
+from flashsale.narrate import Narrator, read_sales
 from kernel.kafka_admin import ensure_topics
 from kernel.settings import ConfigError
 from producers.gateway.settings import get_settings as gateway_settings
@@ -151,12 +154,26 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-simulate", action="store_true", help="start the stack only, publish nothing")
     p.add_argument("--simulate-args", default="--loop",
                    help="arguments for 'flashsale simulate' (default: --loop, a sale every few minutes)")
+    p.add_argument("--progress-every", type=float, default=10.0,
+                   help="seconds between progress lines of the live sales (default 10; 0 = no narration of "
+                        "the sales in the terminal)")
     p.add_argument("--exit-after", type=float, default=0,
                    help="stop everything after this many seconds (default 0 = run until Ctrl-C); for smoke tests")
     return p.parse_args(argv)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+NARRATE_EVERY_S = 0.5  # how often the sales are read for the narration
+
+
+def _narrate(out: Output, narrator: Narrator, reader: redis.Redis) -> None:
+    """Print what changed in the sales since the last look; a Redis hiccup only skips a look."""
+    try:
+        sales = read_sales(reader)
+    except (redis.RedisError, OSError):
+        return
+    for line in narrator.observe(int(time.time() * 1000), sales):
+        out.say(line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,15 +286,21 @@ def main(argv: list[str] | None = None) -> int:
         out.say("Ctrl-C stops everything")
         deadline = time.monotonic() + args.exit_after if args.exit_after else None
         sim_reported = False
-        while not stop and (deadline is None or time.monotonic() < deadline):
-            for proc in procs:
-                if proc is sim:
-                    if not proc.alive() and not sim_reported:
-                        out.say(f"simulation finished (exit {proc.popen.returncode}); the stack keeps running")
-                        sim_reported = True
-                elif not proc.alive():
-                    raise StackError(f"{proc.name} exited with code {proc.popen.returncode}; see {proc.log_path}")
-            time.sleep(0.2)
+        narrator = Narrator(dashboard.currency, args.progress_every) if args.progress_every > 0 else None
+        with redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1) as reader:
+            next_look = 0.0
+            while not stop and (deadline is None or time.monotonic() < deadline):
+                if narrator is not None and time.monotonic() >= next_look:
+                    next_look = time.monotonic() + NARRATE_EVERY_S
+                    _narrate(out, narrator, reader)
+                for proc in procs:
+                    if proc is sim:
+                        if not proc.alive() and not sim_reported:
+                            out.say(f"simulation finished (exit {proc.popen.returncode}); the stack keeps running")
+                            sim_reported = True
+                    elif not proc.alive():
+                        raise StackError(f"{proc.name} exited with code {proc.popen.returncode}; see {proc.log_path}")
+                time.sleep(0.2)
         return 0
     except Stopping:
         return 0
