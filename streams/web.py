@@ -107,7 +107,25 @@ class Health:
             self._metrics.redis_errors.labels(op="ping").inc()
             return f"redis did not answer PING: {type(exc).__name__}"
         self._metrics.redis_latency.labels(op="ping").observe(time.perf_counter() - started)
+        try:
+            role = await asyncio.wait_for(self._role(), REDIS_TIMEOUT_S * 2)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._metrics.redis_errors.labels(op="ping").inc()
+            return f"redis did not answer ROLE: {type(exc).__name__}"
+        if role not in (None, "master"):
+            # A replica answers PING but refuses every write (READONLY): the stock agent would retry
+            # each batch forever, so this worker is not ready (say, the URL still names a demoted primary).
+            return f"redis is a read-only replica (ROLE {role}): writes are refused"
         return None
+
+    async def _role(self) -> str | None:
+        """The node's replication role (``master``, ``slave``); None on Redis Cluster, whose client
+        sends every write to the slot's primary itself."""
+        if self._pipeline.settings.redis_cluster:
+            return None
+        reply = await self._pipeline.redis.probe().execute_command("ROLE")
+        first = reply[0] if isinstance(reply, list | tuple) and reply else reply
+        return first.decode() if isinstance(first, bytes) else str(first)
 
     async def _ping(self) -> None:
         client = self._pipeline.redis.probe()
