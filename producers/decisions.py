@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from kernel.kafka_auth import KafkaAuth
 from kernel.signing import OutputKeys
@@ -100,19 +102,96 @@ async def read_decision(redis: Any, sale_id: str, order_id: str, user_id: str | 
     return decision_from_record(sale_id, order_id, raw, user_id)
 
 
+class DecisionReader:
+    """``read_decision`` for many concurrent callers: the order ids asked for one sale while a read is
+    being prepared or is in flight are fetched by the next single HMGET, so a flood of lookups (retries
+    on a sold-out sale, waits falling back to Redis) costs one Redis command per round trip and sale,
+    not one per order, and holds one pool connection per sale."""
+
+    def __init__(self, redis: Any, max_batch: int = 1000) -> None:
+        self._redis = redis
+        self._max_batch = max_batch
+        self._pending: dict[str, dict[str, asyncio.Future[bytes | None]]] = {}
+        self._flushers: dict[str, asyncio.Task[None]] = {}
+        self.commands = 0  # HMGETs sent (tests and benchmarks read it)
+
+    async def read(self, sale_id: str, order_id: str, user_id: str | None = None) -> Decision | None:
+        """As :func:`read_decision`; raises what Redis raised (to every caller of that HMGET)."""
+        batch = self._pending.setdefault(sale_id, {})
+        fut = batch.get(order_id)
+        if fut is None:
+            fut = batch[order_id] = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(_retrieve)
+        if sale_id not in self._flushers:
+            task = asyncio.create_task(self._flush(sale_id), name=f"decision-reads:{sale_id}")
+            self._flushers[sale_id] = task
+        raw = await asyncio.shield(fut)
+        return None if raw is None else decision_from_record(sale_id, order_id, raw, user_id)
+
+    async def _flush(self, sale_id: str) -> None:
+        try:
+            await asyncio.sleep(0)  # the lookups of this loop iteration go together
+            while batch := self._pending.get(sale_id):
+                taken = dict(itertools.islice(batch.items(), self._max_batch))
+                for order_id in taken:
+                    del batch[order_id]
+                if not batch:
+                    del self._pending[sale_id]
+                self.commands += 1
+                try:
+                    values = await self._redis.hmget(keys.sale_orders(sale_id), list(taken))
+                except (RedisError, OSError) as exc:
+                    for fut in taken.values():
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for fut, raw in zip(taken.values(), values, strict=True):
+                    if not fut.done():
+                        fut.set_result(raw)
+        finally:
+            del self._flushers[sale_id]
+            for fut in self._pending.pop(sale_id, {}).values():  # only when cancelled at shutdown
+                if not fut.done():
+                    fut.set_exception(ConnectionError("the decision reader stopped"))
+
+    async def close(self) -> None:
+        for task in list(self._flushers.values()):
+            task.cancel()
+        for task in list(self._flushers.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class DecisionWaiter:
     """Follows the order-decisions topic (no consumer group: every partition, from the end) and resolves
-    waiters by order id; ``wait`` also polls Redis, so a decision made before the waiter started, or
-    one whose event was missed, is still found."""
+    waiters by order id; ``wait`` also reads Redis (every poll interval, or with
+    ``poll_while_healthy=False`` only while the subscription is down or behind, and at the deadline), so
+    a decision made before the waiter started, or one whose event was missed, is still found."""
 
     def __init__(self, bootstrap: str, topic: str, *, redis: Any | None = None, poll_interval_s: float = 0.25,
                  fetch_max_wait_ms: int = 50, remember: int = 20_000, start_timeout_s: float = 10.0,
                  client_id: str = "flashsale-decisions", output_keys: OutputKeys | None = None,
-                 kafka_auth: KafkaAuth | None = None) -> None:
+                 kafka_auth: KafkaAuth | None = None, poll_while_healthy: bool = True,
+                 behind_records: int = 1000, stale_s: float = 1.5, reader: DecisionReader | None = None) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self._redis = redis
+        self._reader = reader  # with it, concurrent Redis looks share HMGETs
         self._poll_interval_s = poll_interval_s
+        # False (the gateway): Redis is read only while the subscription is unhealthy (down, stalled, or
+        # more than ``behind_records`` behind the end) and once at the deadline; a healthy topic answers.
+        self._poll_while_healthy = poll_while_healthy
+        self._behind_records = behind_records
+        self._stale_s = stale_s
+        self._healthy_until = 0.0  # loop time until which the last fetch vouches for the subscription
+        self.redis_reads = 0  # Redis reads made by waits (tests and benchmarks read it)
+        self._closed = False
+        self.redis_errors = 0
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._remember = remember
         self._start_timeout_s = start_timeout_s
@@ -125,12 +204,17 @@ class DecisionWaiter:
         self._task: asyncio.Task[None] | None = None
         # keyed by (sale_id, order_id): order ids are unique within a sale, not across sales
         # keyed by (sale, order, user): a decision answers the attempt of the user it names
-        self._waiters: dict[tuple[str, str, str | None], list[asyncio.Future[Decision]]] = {}
+        self._waiters: dict[tuple[str, str, str | None], list[asyncio.Future[Decision | None]]] = {}
         self._recent: OrderedDict[tuple[str, str, str | None], Decision] = OrderedDict()
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def healthy(self) -> bool:
+        """Following the topic, at its end: the last fetch returned recently and was not far behind."""
+        return self.running and asyncio.get_running_loop().time() < self._healthy_until
 
     async def __aenter__(self) -> DecisionWaiter:
         await self.start()
@@ -164,6 +248,8 @@ class DecisionWaiter:
             await consumer.stop()
             raise
         self._consumer = consumer
+        self._closed = False
+        self._healthy_until = asyncio.get_running_loop().time() + self._stale_s  # positions are at the end
         self._task = asyncio.create_task(self._run(), name=f"decisions:{self.topic}")
         logger.info("following %s (%d partitions) on %s", self.topic, len(tps), self.bootstrap)
         if self._output_keys is None:
@@ -189,25 +275,59 @@ class DecisionWaiter:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
+        self._closed = True
         for futures in self._waiters.values():
             for fut in futures:
                 if not fut.done():
-                    fut.cancel()
+                    fut.set_result(None)  # the wait ends now (after a last look at Redis), not at its deadline
         self._waiters.clear()
 
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
+        monitor = asyncio.create_task(self._monitor(consumer), name=f"decisions-lag:{self.topic}")
+        try:
+            while True:
+                try:
+                    batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                except KafkaError as exc:
+                    self._healthy_until = 0.0
+                    logger.warning("reading %s failed, retrying: %s", self.topic, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for records in batches.values():
+                    for record in records:
+                        self._apply_record(record.value, record.headers)
+        finally:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+
+    async def _monitor(self, consumer: AIOKafkaConsumer) -> None:
+        """Ask the broker for the topic's end offsets every third of ``stale_s``: answered and at most
+        ``behind_records`` ahead of what was read, the subscription is healthy for ``stale_s`` more."""
+        loop = asyncio.get_running_loop()
+        tps = sorted(consumer.assignment())
         while True:
+            await asyncio.sleep(self._stale_s / 3)
             try:
-                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-            except KafkaError as exc:
-                logger.warning("reading %s failed, retrying: %s", self.topic, exc)
-                await asyncio.sleep(0.5)
+                async with asyncio.timeout(self._stale_s):
+                    ends = await consumer.end_offsets(tps)
+                    lag = 0
+                    for tp in tps:
+                        lag += max(0, ends.get(tp, 0) - await consumer.position(tp))
+            except (KafkaError, OSError, TimeoutError) as exc:
+                if self._healthy_until:
+                    logger.warning("the end of %s is unknown (%s): orders fall back to Redis", self.topic,
+                                   exc or type(exc).__name__)
+                self._healthy_until = 0.0
                 continue
-            for records in batches.values():
-                for record in records:
-                    self._apply_record(record.value, record.headers)
+            if lag > self._behind_records:
+                if self._healthy_until:
+                    logger.warning("%s: %d decisions behind: orders fall back to Redis", self.topic, lag)
+                self._healthy_until = 0.0
+            else:
+                self._healthy_until = loop.time() + self._stale_s
 
     def _apply_record(self, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None = None) -> None:
         """Resolve the waits a record answers; with keys, a record no worker signed is dropped."""
@@ -251,33 +371,75 @@ class DecisionWaiter:
                    user_id: str | None = None) -> Decision | None:
         """The decision answering ``user_id``'s attempt to place the order, or None when none arrives
         within ``timeout`` seconds. Decisions for another user's attempt with the same order id never
-        resolve this wait."""
+        resolve this wait.
+
+        Costs one future and one timer per poll interval. Redis (when given) is read at the start and
+        every poll interval, or, with ``poll_while_healthy=False``, only while the subscription is
+        unhealthy and once at the deadline. A Redis error (refused, timed out, pool exhausted) is not an
+        answer: the wait goes on until the deadline."""
         key = (sale_id, order_id, user_id)
         seen = self._recent.get(key)
         if seen is not None:
             return seen
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Decision] = loop.create_future()
-        self._waiters.setdefault(key, []).append(fut)
         deadline = loop.time() + timeout
+        if self._should_poll():
+            found = await self._read(sale_id, order_id, user_id, deadline)
+            if found is not None:
+                return found
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            fut: asyncio.Future[Decision | None] = loop.create_future()
+            self._waiters.setdefault(key, []).append(fut)
+            timer = loop.call_later(min(self._poll_interval_s, remaining), _tick, fut)
+            try:
+                decision = await fut
+            finally:
+                timer.cancel()
+                waiters = self._waiters.get(key)  # resolve() pops the list it answers
+                if waiters is not None:
+                    with contextlib.suppress(ValueError):
+                        waiters.remove(fut)
+                    if not waiters:
+                        del self._waiters[key]
+            if decision is not None:
+                return decision
+            seen = self._recent.get(key)
+            if seen is not None:
+                return seen
+            if self._closed:
+                break
+            if self._should_poll() and deadline - loop.time() > 0:
+                found = await self._read(sale_id, order_id, user_id, deadline)
+                if found is not None:
+                    return found
+        if self._redis is None:
+            return None
+        # the deadline: one last look at the order record (a decision whose event was missed)
+        return await self._read(sale_id, order_id, user_id, loop.time() + min(self._poll_interval_s, 1.0))
+
+    def _should_poll(self) -> bool:
+        return self._redis is not None and (self._poll_while_healthy or not self.healthy)
+
+    async def _read(self, sale_id: str, order_id: str, user_id: str | None, deadline: float) -> Decision | None:
+        """The order record's answer, bounded by ``deadline`` (loop time); None on any Redis trouble."""
+        self.redis_reads += 1
         try:
-            while True:
-                if self._redis is not None:
-                    found = await read_decision(self._redis, sale_id, order_id, user_id)
-                    if found is not None:
-                        return found
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                done, _ = await asyncio.wait({fut}, timeout=min(self._poll_interval_s, remaining))
-                if done:
-                    return None if fut.cancelled() else fut.result()
-        finally:
-            futures = self._waiters.get(key)
-            if futures is not None:
-                with contextlib.suppress(ValueError):
-                    futures.remove(fut)
-                if not futures:
-                    self._waiters.pop(key, None)
-            if not fut.done():
-                fut.cancel()
+            async with asyncio.timeout_at(deadline):
+                if self._reader is not None:
+                    return await self._reader.read(sale_id, order_id, user_id)
+                return await read_decision(self._redis, sale_id, order_id, user_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.redis_errors += 1
+            if self.redis_errors == 1 or self.redis_errors % 1000 == 0:
+                logger.warning("reading order %s of sale %s from Redis failed (%d so far), still waiting for "
+                               "its decision: %s", order_id, sale_id, self.redis_errors, exc or type(exc).__name__)
+            return None
+
+
+def _tick(fut: asyncio.Future[Decision | None]) -> None:
+    """A poll interval passed without a decision: wake the wait (None), unless a decision came first."""
+    if not fut.done():
+        fut.set_result(None)

@@ -128,18 +128,20 @@ def plan_records(items: Sequence[Prepared], names: TopicNames, max_events: int, 
         size = 2
         for raw in raws:
             if chunk and (len(chunk) >= max_events or size + len(raw) + 1 > max_bytes):
-                out.append(_record(topic, key, chunk))
+                out.append(record_of(topic, key, chunk))
                 chunk, size = [], 2
             chunk.append(raw)
             size += len(raw) + 1
         if chunk:
-            out.append(_record(topic, key, chunk))
+            out.append(record_of(topic, key, chunk))
     return out
 
 
-def _record(topic: str, key: bytes, chunk: list[bytes]) -> Record:
+def record_of(topic: str, key: bytes, chunk: list[bytes]) -> Record:
+    """One record of encoded events sharing a key: the event itself, or a batched envelope (JSON array)."""
     value = chunk[0] if len(chunk) == 1 else b"[" + b",".join(chunk) + b"]"
     return Record(topic, key, value, len(chunk))
+
 
 
 def order_event_id(sale_id: str, order_id: str) -> str:

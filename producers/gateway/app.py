@@ -108,7 +108,8 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None,
     runner = make_runner(create_app(settings, registry))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=settings.shutdown_timeout_s)
+        site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=settings.shutdown_timeout_s,
+                           reuse_port=settings.reuse_port or None)
         await site.start()
         logger.info("gateway listening on http://%s:%d", settings.host, settings.port)
         await stop.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RECORD_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10_000)
 
 
 class GatewayMetrics:
@@ -40,5 +41,8 @@ class GatewayMetrics:
             "flashsale_gateway_commands_total",
             "Control and payment requests answered, by command (open, close, stock, pay, cancel) and outcome "
             "(done, refused, pending)", ["command", "outcome"], registry=r)
+        self.order_record_events = Histogram(
+            "flashsale_gateway_order_record_events", "Orders per Kafka record the orders endpoint published "
+            "(coalesced: concurrent orders of one SKU share a record)", buckets=RECORD_BUCKETS, registry=r)
         self.ready = Gauge("flashsale_gateway_ready", "1 when the producer and decision reader are connected",
                            registry=r)

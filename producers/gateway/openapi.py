@@ -204,8 +204,12 @@ def _paths(max_events: int, max_body: int) -> dict[str, Any]:
             "Place an order and wait for its decision", "placeOrder", "OrderRequest",
             {"200": oa.answer("decided: accepted or rejected with a reason", oa.ref("Decision")), "202": pending,
              **_errors(*BODY_ERRORS), "409": oa.answer("the sale is sold out (answered without Kafka)",
-                                                       oa.ref("SoldOut"))},
-            required=True, params=[sale], description="Needs the orders scope.")},
+                                                       oa.ref("SoldOut")),
+             "429": oa.answer("rate limited, or (error units_in_flight) the sale's available units are all spoken "
+                              "for by orders still being decided: not decided, retry with the same order_id "
+                              "(answered without Kafka)", oa.ref("Error"), {"Retry-After": oa.header("seconds")})},
+            required=True, params=[sale], description="Needs the orders scope. Admission control (429 "
+                                                      "units_in_flight): docs/API.md.")},
         "/v1/sales/{sale_id}/orders/{order_id}": {"get": {
             "summary": "An order's decision", "operationId": "getOrder", "security": BEARER,
             "parameters": [sale, order],

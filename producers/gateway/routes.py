@@ -18,9 +18,9 @@ from producers.gateway.http import ApiError, check_content_type, client_ip, json
 from producers.gateway.ratelimit import retry_after_header
 from producers.gateway.scopes import Principal
 from producers.gateway.state import GatewayState
-from producers.sdk import ItemError, PublishError, order_event_id, prepare, prepare_all
+from producers.sdk import ItemError, Prepared, PublishError, order_event_id, prepare, prepare_all
 from schemas.codec import repeated_keys
-from schemas.events import all_errors
+from schemas.events import ValidationError, all_errors
 
 logger = logging.getLogger(__name__)
 
@@ -161,15 +161,52 @@ def _order_event(sale_id: str, body: Any) -> tuple[str, dict[str, Any], list[Ite
 
 
 async def _known_decision(state: GatewayState, sale_id: str, order_id: str, user_id: str) -> Decision | None:
+    """The order's own decision, if it has one, from its record (concurrent lookups share one HMGET)."""
     try:
+        if state.reader is not None:
+            return await state.reader.read(sale_id, order_id, user_id)
         return await read_decision(state.redis, sale_id, order_id, user_id)
     except (RedisError, OSError) as exc:  # the worker stays the authority: answer sold out as before
         logger.warning("reading order %s: Redis failed: %s", order_id, exc)
         return None
 
 
+def _key_count(node: Any) -> int:
+    if isinstance(node, dict):
+        return len(node) + sum(_key_count(v) for v in node.values())
+    if isinstance(node, list):
+        return sum(_key_count(v) for v in node)
+    return 0
+
+
+def repeated_in_body(raw: bytes, body: Any) -> list[tuple[int, str]]:
+    """``repeated_keys(raw)``, skipped when it cannot find anything: every key of a JSON text is followed
+    by one colon, so a body with as many colons as its parsed objects hold keys repeats none."""
+    if raw.count(b":") == _key_count(body):
+        return []
+    return repeated_keys(raw)
+
+
+def _order_errors(obj: dict[str, Any], unknown: list[ItemError], raw: bytes, body: Any) -> Prepared:
+    """The validated, encoded order (one validation on the valid path), or 400 naming every bad field."""
+    errors = list(unknown)
+    prepared: Prepared | None = None
+    try:
+        prepared = prepare(obj)
+    except ValidationError:
+        errors += [ItemError(0, err.field.removeprefix("data."), err.message) for err in all_errors(obj)]
+    errors += [ItemError(0, path, REPEATED_KEY) for _, path in repeated_in_body(raw, body)]
+    if errors or prepared is None:
+        first = errors[0]
+        raise ApiError(400, "invalid_order", f"{first.field}: {first.message}", reason="invalid_event",
+                       errors=errors)
+    return prepared
+
+
 async def post_order(request: web.Request) -> web.Response:
-    """POST /v1/sales/{sale_id}/orders: 409 when sold out (no Kafka), else publish and wait for the decision."""
+    """POST /v1/sales/{sale_id}/orders: 409 when sold out (no Kafka), 429 while the sale's units are all
+    spoken for by orders in flight (no Kafka), else publish (coalesced with concurrent orders of the SKU)
+    and wait for the decision."""
     state, key, principal = admit(request)
     require_scope(state, principal, "orders")
     sale_id = request.match_info["sale_id"]
@@ -178,16 +215,11 @@ async def post_order(request: web.Request) -> web.Response:
                           state.settings.body_timeout_s)
     body = parse_charged(state, key, raw)
     take(state, key, 1)  # charged before validation and before the sold-out answer
-    order_id, obj, errors = _order_event(sale_id, body)
-    errors += [ItemError(0, err.field.removeprefix("data."), err.message) for err in all_errors(obj)]
-    errors += [ItemError(0, path, REPEATED_KEY) for _, path in repeated_keys(raw)]
-    if errors:
-        first = errors[0]
-        raise ApiError(400, "invalid_order", f"{first.field}: {first.message}", reason="invalid_event",
-                       errors=errors)
-    prepared = prepare(obj)
+    order_id, obj, unknown = _order_event(sale_id, body)
+    prepared = _order_errors(obj, unknown, raw, body)
     assert state.soldout is not None
-    if await state.soldout.is_sold_out(sale_id):
+    stock = await state.soldout.stock(sale_id)
+    if stock.sold_out:
         # A retry of an order that was already decided gets its own decision, not the sale's flag.
         decided = await _known_decision(state, sale_id, order_id, obj["user_id"])
         if decided is not None:
@@ -198,23 +230,39 @@ async def post_order(request: web.Request) -> web.Response:
                        extra={"sale_id": sale_id, "order_id": order_id, "outcome": "rejected",
                               "reason": "sold_out"})
     require_connected(state)
-    assert state.publisher is not None and state.waiter is not None
+    assert state.coalescer is not None and state.waiter is not None
+    qty = obj["data"]["qty"]
+    if state.settings.admission and not state.inflight.admits(sale_id, qty, stock):
+        decided = await _known_decision(state, sale_id, order_id, obj["user_id"])
+        if decided is not None:
+            state.metrics.decisions.labels(decided.outcome).inc()
+            return json_response(decided.to_dict(), status=200)
+        raise ApiError(429, "units_in_flight", f"sale {sale_id}: its {stock.available} available units are all "
+                       "spoken for by orders still being decided; retry with the same order_id",
+                       reason="units_in_flight", headers={"Retry-After": "1"},
+                       extra={"sale_id": sale_id, "order_id": order_id, "outcome": "retry",
+                              "reason": "units_in_flight"})
+    state.inflight.add(sale_id, qty)
+    try:
+        return await _publish_and_wait(state, prepared, sale_id, order_id, obj.get("user_id"))
+    finally:
+        state.inflight.remove(sale_id, qty)
+
+
+async def _publish_and_wait(state: GatewayState, prepared: Prepared, sale_id: str, order_id: str,
+                            user_id: str | None) -> web.Response:
+    assert state.coalescer is not None and state.waiter is not None
     started = time.perf_counter()
     try:
-        await state.publisher.publish_prepared([prepared])
+        await state.coalescer.publish(prepared)
     except PublishError as exc:
         logger.warning("publishing order %s failed: %s", order_id, exc)
         raise ApiError(503, "broker_unavailable", "Kafka did not acknowledge the order; retry with the same "
                        "order_id", reason="broker_unavailable", headers={"Retry-After": "1"},
                        extra={"order_id": order_id}) from None
     state.metrics.events.labels("accepted").inc()
-    state.metrics.records.inc()
     timeout = state.settings.decision_timeout_ms / 1000
-    try:
-        decision = await state.waiter.wait(sale_id, order_id, timeout, user_id=obj.get("user_id"))
-    except (RedisError, OSError) as exc:
-        logger.warning("waiting for order %s: Redis failed: %s", order_id, exc)
-        decision = None
+    decision = await state.waiter.wait(sale_id, order_id, timeout, user_id=user_id)
     status_url = f"/v1/sales/{sale_id}/orders/{order_id}"
     if decision is None:
         state.metrics.decisions.labels("pending").inc()

@@ -49,6 +49,26 @@ class GatewaySettings(PublisherSettings):
                                   description="deprecated: `true` = trust loopback proxies (127.0.0.0/8, ::1)")
     shutdown_timeout_s: float = Field(10.0, ge=0, le=600, validation_alias="FLASHSALE_GATEWAY_SHUTDOWN_TIMEOUT_S",
                                       description="grace for in-flight requests")
+    coalesce_ms: float = Field(2.0, ge=0, le=1000, validation_alias="FLASHSALE_GATEWAY_COALESCE_MS",
+                               description="how long an order waits for others of its SKU to share one Kafka record "
+                                           "(0 = only orders that arrive together)")
+    coalesce_events: int = Field(500, ge=1, le=10_000, validation_alias="FLASHSALE_GATEWAY_COALESCE_EVENTS",
+                                 description="most orders per coalesced record; 1 = one record per order")
+    coalesce_bytes: int = Field(262_144, ge=1024, le=1_000_000, validation_alias="FLASHSALE_GATEWAY_COALESCE_BYTES",
+                                description="most bytes per coalesced record (and never more than "
+                                            "`FLASHSALE_PRODUCER_BATCH_BYTES`)")
+    redis_pool: int = Field(64, ge=1, le=10_000, validation_alias="FLASHSALE_GATEWAY_REDIS_POOL",
+                            description="Redis connections per gateway process; when all are busy a request waits "
+                                        "for one (up to the decision timeout) instead of failing")
+    processes: int = Field(1, ge=1, le=256, validation_alias="FLASHSALE_GATEWAY_PROCESSES",
+                           description="gateway processes sharing the port (SO_REUSEPORT), supervised by one parent "
+                                       "(`--processes`)")
+    reuse_port: Flag = Field(False, validation_alias="FLASHSALE_GATEWAY_REUSE_PORT",
+                             description="bind with SO_REUSEPORT, so several gateways share the port (set for the "
+                                         "children of `--processes`)")
+    admission: Flag = Field(True, validation_alias="FLASHSALE_GATEWAY_ADMISSION",
+                            description="answer 429 `units_in_flight` instead of publishing an order whose units are "
+                                        "all spoken for by this process's orders in flight (docs/API.md)")
 
     @field_validator("tokens", mode="before")
     @classmethod

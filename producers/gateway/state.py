@@ -8,14 +8,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from kernel.kafka_admin import ensure_topics
 from kernel.redis import connect
-from producers.decisions import DecisionWaiter
+from producers.decisions import DecisionReader, DecisionWaiter
+from producers.gateway.coalesce import OrderCoalescer
 from producers.gateway.http import Authenticator
 from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.ratelimit import TokenBucketLimiter
@@ -26,20 +27,32 @@ from schemas import keys
 logger = logging.getLogger(__name__)
 
 CONNECT_BACKOFF_MAX_S = 10.0
-REDIS_POOL_SIZE = 256  # a blocking pool: a burst of requests waits for a connection instead of failing
-DECISION_POLL_S = 0.5  # Redis fallback polling per waiting order; the topic usually answers first
+DECISION_POLL_S = 0.5  # how often a waiting order looks at Redis, only while the decisions topic is unhealthy
 
 
 def connect_redis(settings: GatewaySettings) -> Any:
-    """No I/O here: redis-py connects on the first command, inside the running loop."""
+    """A blocking pool of ``FLASHSALE_GATEWAY_REDIS_POOL`` connections: under load a command waits for a
+    free connection (up to the decision timeout, at least a second) instead of failing. No I/O here:
+    redis-py connects on the first command, inside the running loop."""
     return connect(settings.redis_url, settings.redis_cluster, connect_timeout_s=2.0,
-                   max_connections=REDIS_POOL_SIZE)
+                   max_connections=settings.redis_pool, pool_wait_s=max(1.0, settings.decision_timeout_ms / 1000))
+
+
+@dataclass(frozen=True)
+class SaleStock:
+    """What the door knows of a sale: its sold-out flag and its available units (None: unknown)."""
+
+    sold_out: bool
+    available: int | None
+
+
+UNKNOWN: Final = SaleStock(False, None)
 
 
 class SoldOutCache:
-    """The sale hash's ``soldout`` flag, cached for ``ttl_s`` with one Redis read in flight per sale, so a
-    flood of orders for a sold-out sale costs one HGET per TTL instead of one per request. Fails open:
-    if Redis cannot answer, the order goes on to the worker, which is the authority."""
+    """The sale hash's ``soldout`` flag and ``available`` units, cached for ``ttl_s`` with one Redis read in
+    flight per sale, so a flood of orders for a sold-out sale costs one HMGET per TTL instead of one per
+    request. Fails open: if Redis cannot answer, the order goes on to the worker, which is the authority."""
 
     def __init__(self, redis: Any, ttl_s: float, *, clock: Callable[[], float] = time.monotonic,
                  max_sales: int = 10_000) -> None:
@@ -47,24 +60,27 @@ class SoldOutCache:
         self._ttl_s = ttl_s
         self._clock = clock
         self._max_sales = max_sales
-        self._entries: dict[str, tuple[bool, float]] = {}
-        self._inflight: dict[str, asyncio.Future[bool]] = {}
+        self._entries: dict[str, tuple[SaleStock, float]] = {}
+        self._inflight: dict[str, asyncio.Future[SaleStock]] = {}
         self.lookups = 0  # Redis reads made (tests and metrics read it)
 
     async def is_sold_out(self, sale_id: str) -> bool:
+        return (await self.stock(sale_id)).sold_out
+
+    async def stock(self, sale_id: str) -> SaleStock:
         hit = self._entries.get(sale_id)
         if hit is not None and hit[1] > self._clock():
             return hit[0]
         pending = self._inflight.get(sale_id)
         if pending is not None:
             return await asyncio.shield(pending)
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[SaleStock] = asyncio.get_running_loop().create_future()
         self._inflight[sale_id] = fut
-        value = False
+        value = UNKNOWN
         try:
             self.lookups += 1
-            raw = await self._redis.hget(keys.sale(sale_id), "soldout")
-            value = raw in (b"1", "1")
+            flag, available = await self._redis.hmget(keys.sale(sale_id), ["soldout", "available"])
+            value = SaleStock(flag in (b"1", "1"), _int_or_none(available))
             if len(self._entries) >= self._max_sales:
                 now = self._clock()
                 self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
@@ -78,6 +94,42 @@ class SoldOutCache:
         return value
 
 
+def _int_or_none(raw: Any) -> int | None:
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+class InFlight:
+    """Units of this process's orders published and not yet answered, per sale (admission control)."""
+
+    def __init__(self) -> None:
+        self._units: dict[str, int] = {}
+
+    def units(self, sale_id: str) -> int:
+        return self._units.get(sale_id, 0)
+
+    def admits(self, sale_id: str, qty: int, stock: SaleStock) -> bool:
+        """The rule of docs/API.md: publish unless units are known, and those of the orders in flight plus
+        this one's exceed them. With nothing in flight an order always goes to the worker."""
+        held = self._units.get(sale_id, 0)
+        return stock.available is None or held == 0 or held + qty <= stock.available
+
+    def add(self, sale_id: str, qty: int) -> None:
+        self._units[sale_id] = self._units.get(sale_id, 0) + qty
+
+    def remove(self, sale_id: str, qty: int) -> None:
+        left = self._units.get(sale_id, 0) - qty
+        if left > 0:
+            self._units[sale_id] = left
+        else:
+            self._units.pop(sale_id, None)
+
+    def total(self) -> int:
+        return sum(self._units.values())
+
+
 @dataclass
 class GatewayState:
     settings: GatewaySettings
@@ -88,6 +140,9 @@ class GatewayState:
     publisher: Publisher | None = None
     waiter: DecisionWaiter | None = None
     soldout: SoldOutCache | None = None
+    coalescer: OrderCoalescer | None = None
+    reader: DecisionReader | None = None
+    inflight: InFlight = field(default_factory=InFlight)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     _connect_task: asyncio.Task[None] | None = None
 
@@ -106,11 +161,21 @@ class GatewayState:
         self.redis = connect_redis(s)
         self.soldout = SoldOutCache(self.redis, s.soldout_cache_ms / 1000)
         self.publisher = Publisher.from_settings(s.publisher)
+        self.reader = DecisionReader(self.redis)
         self.waiter = DecisionWaiter(s.publisher.bootstrap, self.publisher.names.decisions, redis=self.redis,
+                                     reader=self.reader,
                                      poll_interval_s=DECISION_POLL_S, start_timeout_s=s.publisher.timeout_ms / 1000,
                                      output_keys=s.output_keys,  # a decision no worker signed never answers
-                                     kafka_auth=s.publisher.kafka_auth)
+                                     kafka_auth=s.publisher.kafka_auth, poll_while_healthy=False)
+        self.coalescer = OrderCoalescer(self.publisher, window_s=s.coalesce_ms / 1000,
+                                        max_events=s.coalesce_events,
+                                        max_bytes=min(s.coalesce_bytes, s.publisher.batch_bytes),
+                                        on_record=self._record_published)
         self._connect_task = asyncio.create_task(self._connect(), name="gateway-connect")
+
+    def _record_published(self, events: int) -> None:
+        self.metrics.records.inc()
+        self.metrics.order_record_events.observe(events)
 
     async def _connect(self) -> None:
         assert self.publisher is not None and self.waiter is not None
@@ -146,8 +211,12 @@ class GatewayState:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.coalescer is not None:
+            await self.coalescer.close()
         if self.waiter is not None:
             await self.waiter.close()
+        if self.reader is not None:
+            await self.reader.close()
         if self.publisher is not None:
             await self.publisher.close()
         if self.redis is not None:

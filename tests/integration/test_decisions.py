@@ -8,7 +8,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from producers.decisions import Decision, DecisionWaiter, decision_from_event, decision_from_record, read_decision
+from producers.decisions import (
+    Decision,
+    DecisionReader,
+    DecisionWaiter,
+    decision_from_event,
+    decision_from_record,
+    read_decision,
+)
 from producers.sdk import Publisher
 from schemas import keys
 from schemas.events import Event, OrderAccepted, OrderExpired, OrderRejected, SaleSoldOut, ViewerLiked, make_event
@@ -172,3 +179,70 @@ async def test_waiter_keys_by_sale_and_ignores_duplicate_rejections(broker: Brok
         assert in_sale_1 is not None and in_sale_1.outcome == "accepted" and in_sale_1.sale_id == "sale-1"
         assert in_sale_2 is not None and in_sale_2.reason == "sold_out" and in_sale_2.sale_id == "sale-2"
         assert waiter.recent("sale-1", "o-7") == in_sale_1
+
+
+# --- issue 14: O(1) waits, batched reads, Redis trouble is not an answer -------------------------------------
+
+@pytest.mark.integration
+async def test_a_healthy_waiter_reads_redis_only_at_the_deadline(broker: Broker, topics: dict[str, str],
+                                                               redis_client: aioredis.Redis) -> None:
+    await redis_client.hset(keys.sale_orders("sale-1"), "o-1", record("reserved"))
+    async with DecisionWaiter(broker.bootstrap, topics["order-decisions"], redis=redis_client, poll_interval_s=0.05,
+                              poll_while_healthy=False) as waiter:
+        assert waiter.healthy
+        d = await waiter.wait("sale-1", "o-1", 0.4)  # decided only in Redis: found by the last look
+        assert d is not None and d.state == "reserved"
+        assert waiter.redis_reads == 1  # not one per poll interval
+
+
+@pytest.mark.integration
+async def test_an_unhealthy_waiter_falls_back_to_polling_redis(redis_client: aioredis.Redis) -> None:
+    waiter = DecisionWaiter("127.0.0.1:1", "t", redis=redis_client, poll_interval_s=0.05, poll_while_healthy=False)
+    assert not waiter.healthy  # not following the topic
+
+    async def decide_later() -> None:
+        await asyncio.sleep(0.3)
+        await redis_client.hset(keys.sale_orders("sale-1"), "o-2", record("sold"))
+
+    task = asyncio.create_task(decide_later())
+    d = await waiter.wait("sale-1", "o-2", 30)
+    await task
+    assert d is not None and d.state == "sold"
+    assert waiter.redis_reads >= 2
+
+
+@pytest.mark.integration
+async def test_redis_failing_during_a_wait_is_not_an_answer() -> None:
+    """Regression (issue 14): a Redis error while waiting (refused, pool exhausted) used to end the wait
+    as "pending"; the wait goes on and the decision from the topic answers."""
+    from flashsale.embedded import free_port
+
+    dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    try:
+        waiter = DecisionWaiter("127.0.0.1:1", "t", redis=dead, poll_interval_s=0.05)
+        pending = asyncio.create_task(waiter.wait("sale-1", "o-3", 30, user_id="u-1"))
+        for _ in range(500):  # bounded: until the wait has met Redis failing a few times
+            if waiter.redis_errors >= 3:
+                break
+            await asyncio.sleep(0.02)
+        assert waiter.redis_errors >= 3 and not pending.done()
+        waiter.resolve(Decision("o-3", "sale-1", "accepted", None, "reserved", 2, TS, None, "u-1"))
+        d = await pending
+        assert d is not None and d.outcome == "accepted"
+    finally:
+        await dead.aclose()
+
+
+@pytest.mark.integration
+async def test_concurrent_reads_share_one_hmget(redis_client: aioredis.Redis) -> None:
+    await redis_client.hset(keys.sale_orders("sale-1"), mapping={f"o-{i}": record("reserved") for i in range(0, 40, 2)})
+    await redis_client.hset(keys.sale_orders("sale-2"), "o-0", record("rejected", r="sold_out"))
+    reader = DecisionReader(redis_client)
+    asks = [("sale-1", f"o-{i}", "u-1") for i in range(40)] + [("sale-1", "o-0", "u-9"), ("sale-2", "o-0", None)]
+    got = await asyncio.gather(*(reader.read(s, o, u) for s, o, u in asks))
+    assert [g is not None and g.state == "reserved" for g in got[:40]] == [i % 2 == 0 for i in range(40)]
+    assert got[40] is not None and got[40].reason == "order_id_taken"  # another user's attempt
+    assert got[41] is not None and got[41].reason == "sold_out"
+    assert got == [await read_decision(redis_client, s, o, u) for s, o, u in asks]  # what one read each says
+    assert reader.commands == 2  # one per sale
+    await reader.close()
