@@ -37,6 +37,7 @@ test: venv system-deps
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 bench: venv system-deps
+	@command -v wrk >/dev/null 2>&1 || { echo "make bench needs wrk (the HTTP load generator): apt-get install wrk" >&2; exit 1; }
 	$(PY) -m bench all
 
 lint: venv

@@ -28,10 +28,17 @@ async def run() -> None:
     s = get_settings()
     names = TopicNames(s.topic_prefix)
     producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all", linger_ms=5)
-    consumer = AIOKafkaConsumer(names.orders, bootstrap_servers=s.bootstrap, group_id=s.app_id + "-ceiling",
-                                enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=20,
-                                session_timeout_ms=int(s.session_timeout_s * 1000), heartbeat_interval_ms=1000,
-                                max_partition_fetch_bytes=8 << 20)
+    consumer = AIOKafkaConsumer(
+        names.orders,
+        bootstrap_servers=s.bootstrap,
+        group_id=s.app_id + "-ceiling",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=20,
+        session_timeout_ms=int(s.session_timeout_s * 1000),
+        heartbeat_interval_ms=1000,
+        max_partition_fetch_bytes=8 << 20,
+    )
     await producer.start()
     await consumer.start()
     metrics = WorkerMetrics()

@@ -41,8 +41,9 @@ class Options:
 SIM_ROOM = re.compile(r"room-\d+")  # producers/simulation/plan.py names its rooms so
 
 
-async def wait_room(session: aiohttp.ClientSession, base: str, simulator: ManagedProcess, limit_s: float,
-                    token: str) -> str:
+async def wait_room(
+    session: aiohttp.ClientSession, base: str, simulator: ManagedProcess, limit_s: float, token: str
+) -> str:
     """The first simulator room (``room-<n>``) the read model lists once the simulator's events flow.
     Other rooms in the same Redis (left by other benchmarks of ``bench all``) get no new events."""
     deadline = time.monotonic() + limit_s
@@ -122,8 +123,9 @@ async def scrape(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
     return out
 
 
-async def measure(session: aiohttp.ClientSession, base: str, pid: int, room: str, opts: Options,
-                  token: str) -> dict[str, Any]:
+async def measure(
+    session: aiohttp.ClientSession, base: str, pid: int, room: str, opts: Options, token: str
+) -> dict[str, Any]:
     url = f"{base}/live/rooms/{room}?t={token}"  # viewers hold a signed room link, as hosts do
 
     # Phase 1: one viewer, freshness at the simulator's load.
@@ -142,8 +144,11 @@ async def measure(session: aiohttp.ClientSession, base: str, pid: int, room: str
     until = t0 + opts.fanout_s
     viewers = [Viewer() for _ in range(opts.clients)]
     probe = Viewer()
-    await asyncio.gather(*(watch(session, url, v, until) for v in viewers), watch(session, url, probe, until, True),
-                         sampler.sample_until(until))
+    await asyncio.gather(
+        *(watch(session, url, v, until) for v in viewers),
+        watch(session, url, probe, until, True),
+        sampler.sample_until(until),
+    )
     elapsed = time.monotonic() - t0
     fan_proc = sampler.stop()["dashboard"]
     m1 = await scrape(session, base)
@@ -156,10 +161,17 @@ async def measure(session: aiohttp.ClientSession, base: str, pid: int, room: str
     return {
         "room_id": room,
         "freshness_ms": percentiles(solo.fresh_ms),
-        "solo": {"duration_s": opts.freshness_s, "frames": solo.frames, "push_latency_ms": percentiles(solo.push_ms),
-                 "dashboard_cpu_percent": solo_proc["cpu_percent"], "dashboard_rss_mb": solo_proc["rss_mb"]},
+        "solo": {
+            "duration_s": opts.freshness_s,
+            "frames": solo.frames,
+            "push_latency_ms": percentiles(solo.push_ms),
+            "dashboard_cpu_percent": solo_proc["cpu_percent"],
+            "dashboard_rss_mb": solo_proc["rss_mb"],
+        },
         "fanout": {
-            "clients": opts.clients, "duration_s": round(elapsed, 1), "frames_received": frames,
+            "clients": opts.clients,
+            "duration_s": round(elapsed, 1),
+            "frames_received": frames,
             "bytes_per_frame": round(sum(v.bytes for v in viewers) / max(1, frames)),
             "frames_per_client_per_s": round(frames / max(1, len(viewers)) / elapsed, 2),
             "push_latency_ms": percentiles([x for v in viewers for x in v.push_ms]),
@@ -178,8 +190,9 @@ async def measure(session: aiohttp.ClientSession, base: str, pid: int, room: str
 async def _run(stack: BenchStack, base: str, opts: Options, signer: Signer) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        room = await wait_room(session, base, stack.procs["dashboard-simulator"], opts.ready_timeout_s,
-                               signer.mint(None, 3600))
+        room = await wait_room(
+            session, base, stack.procs["dashboard-simulator"], opts.ready_timeout_s, signer.mint(None, 3600)
+        )
         return await measure(session, base, stack.procs["dashboard"].pid, room, opts, signer.mint(room, 3600))
 
 
@@ -187,33 +200,48 @@ def bench(stack: BenchStack, opts: dict[str, Any], log: Callable[[str], None]) -
     """``python -m bench dashboard``. ``opts`` may carry clients, freshness_s, fanout_s, push_interval_s,
     simulate_args and ready_timeout_s (``dashboard_<name>`` wins)."""
     o = options_from(Options, opts, "dashboard")
-    log(f"dashboard: freshness at the simulator's default load, then {o.clients} "
-        "concurrent live viewers on one dashboard process")
+    log(
+        f"dashboard: freshness at the simulator's default load, then {o.clients} "
+        "concurrent live viewers on one dashboard process"
+    )
     started = time.monotonic()
     stack.new_prefix("benchdash", partitions=8)
     names = ("dashboard-worker", "dashboard", "dashboard-simulator")
     try:
         stack.start_worker(names[0], timeout=o.ready_timeout_s)
         key = secrets.token_hex(32)
-        port = stack.start(names[1], "consumers.dashboard", port_var="FLASHSALE_DASHBOARD_PORT", timeout=30,
-                           env={"FLASHSALE_DASHBOARD_PUSH_INTERVAL_S": str(o.push_interval_s),
-                                "FLASHSALE_DASHBOARD_KEY": key})
+        port = stack.start(
+            names[1],
+            "consumers.dashboard",
+            port_var="FLASHSALE_DASHBOARD_PORT",
+            timeout=30,
+            env={"FLASHSALE_DASHBOARD_PUSH_INTERVAL_S": str(o.push_interval_s), "FLASHSALE_DASHBOARD_KEY": key},
+        )
         stack.start(names[2], "producers.simulator", o.simulate_args)
         result = asyncio.run(_run(stack, f"http://127.0.0.1:{port}", o, Signer(key.encode())))
     finally:
         for name in reversed(names):
             stack.stop(name)
-    result.update({
-        "name": "dashboard",
-        "params": {"clients": o.clients, "freshness_s": o.freshness_s, "fanout_s": o.fanout_s,
-                   "push_interval_s": o.push_interval_s, "simulate_args": list(o.simulate_args),
-                   "cpus": os.cpu_count()},
-        "wall_s": round(time.monotonic() - started, 1),
-    })
+    result.update(
+        {
+            "name": "dashboard",
+            "params": {
+                "clients": o.clients,
+                "freshness_s": o.freshness_s,
+                "fanout_s": o.fanout_s,
+                "push_interval_s": o.push_interval_s,
+                "simulate_args": list(o.simulate_args),
+                "cpus": os.cpu_count(),
+            },
+            "wall_s": round(time.monotonic() - started, 1),
+        }
+    )
     fan = result["fanout"]
-    log(f"dashboard: freshness p50 {result['freshness_ms'].get('p50')} ms, {fan['clients']} viewers: push p95 "
+    log(
+        f"dashboard: freshness p50 {result['freshness_ms'].get('p50')} ms, {fan['clients']} viewers: push p95 "
         f"{fan['push_latency_ms'].get('p95')} ms, CPU {fan['dashboard_cpu_percent']}%, "
-        f"RSS {fan['dashboard_rss_mb_max']} MB")
+        f"RSS {fan['dashboard_rss_mb_max']} MB"
+    )
     result["summary"] = summary(result)
     result["markdown"] = markdown(result)
     return result
@@ -222,25 +250,44 @@ def bench(stack: BenchStack, opts: dict[str, Any], log: Callable[[str], None]) -
 def summary(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     fresh, fan = r["freshness_ms"], r["fanout"]
     return [
-        ("dashboard: event -> browser freshness p50 / p99", f"{fresh.get('p50')} / {fresh.get('p99')} ms",
-         "target <= 1000 ms"),
-        (f"dashboard: {fan['clients']} live viewers, push latency p95", f"{fan['push_latency_ms'].get('p95')} ms",
-         f"CPU {fan['dashboard_cpu_percent']}%, RSS {fan['dashboard_rss_mb_max']} MB, "
-         f"{fan['frames_per_client_per_s']} frames/client/s, {fan['dropped_frames']} dropped"),
+        (
+            "dashboard: event -> browser freshness p50 / p99",
+            f"{fresh.get('p50')} / {fresh.get('p99')} ms",
+            "target <= 1000 ms",
+        ),
+        (
+            f"dashboard: {fan['clients']} live viewers, push latency p95",
+            f"{fan['push_latency_ms'].get('p95')} ms",
+            f"CPU {fan['dashboard_cpu_percent']}%, RSS {fan['dashboard_rss_mb_max']} MB, "
+            f"{fan['frames_per_client_per_s']} frames/client/s, {fan['dropped_frames']} dropped",
+        ),
     ]
 
 
 def markdown(r: dict[str, Any]) -> str:
     fan = r["fanout"]
-    rows = [("freshness, 1 viewer", r["freshness_ms"]),
-            (f"freshness, with {fan['clients']} viewers", fan["freshness_ms"]),
-            (f"push latency, {fan['clients']} viewers", fan["push_latency_ms"]),
-            (f"spread of one tick across {fan['clients']} viewers", fan["fanout_spread_ms"])]
-    lines = ["## Dashboard", "", "Freshness is event time of the newest applied event to the moment an SSE client "
-             "receives the frame that reflects it, at the simulator's default load.", "",
-             *table(("measure", "p50 ms", "p95 ms", "p99 ms"),
-                    [(name, p.get("p50"), p.get("p95"), p.get("p99")) for name, p in rows], "lrrr")]
-    lines += ["", f"{fan['clients']} viewers: {fan['frames_per_client_per_s']} frames per client per second, "
-              f"{fan['dropped_frames']} dropped, {fan['client_errors']} client errors; dashboard process "
-              f"{fan['dashboard_cpu_percent']}% CPU, {fan['dashboard_rss_mb_max']} MB RSS."]
+    rows = [
+        ("freshness, 1 viewer", r["freshness_ms"]),
+        (f"freshness, with {fan['clients']} viewers", fan["freshness_ms"]),
+        (f"push latency, {fan['clients']} viewers", fan["push_latency_ms"]),
+        (f"spread of one tick across {fan['clients']} viewers", fan["fanout_spread_ms"]),
+    ]
+    lines = [
+        "## Dashboard",
+        "",
+        "Freshness is event time of the newest applied event to the moment an SSE client "
+        "receives the frame that reflects it, at the simulator's default load.",
+        "",
+        *table(
+            ("measure", "p50 ms", "p95 ms", "p99 ms"),
+            [(name, p.get("p50"), p.get("p95"), p.get("p99")) for name, p in rows],
+            "lrrr",
+        ),
+    ]
+    lines += [
+        "",
+        f"{fan['clients']} viewers: {fan['frames_per_client_per_s']} frames per client per second, "
+        f"{fan['dropped_frames']} dropped, {fan['client_errors']} client errors; dashboard process "
+        f"{fan['dashboard_cpu_percent']}% CPU, {fan['dashboard_rss_mb_max']} MB RSS.",
+    ]
     return "\n".join(lines)

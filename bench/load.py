@@ -18,8 +18,9 @@ TICK_S = 0.01
 
 def producer(bootstrap: str, linger_ms: int, **options: Any) -> AIOKafkaProducer:
     """The load generators' producer: acks from every replica, 1 MiB batches."""
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_batch_size=1 << 20,
-                            **options)
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_batch_size=1 << 20, **options
+    )
 
 
 @dataclass
@@ -192,3 +193,81 @@ async def drive(
     finally:
         await p.stop()
     return n
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The topic's end offset per partition now (where a later read of what follows starts)."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        parts = c.partitions_for_topic(topic)
+        if parts is None:
+            await c._client.force_metadata_update()  # noqa: SLF001
+            parts = c.partitions_for_topic(topic) or set()
+        ends = await c.end_offsets([TopicPartition(topic, p) for p in parts])
+        return {tp.partition: int(off) for tp, off in ends.items()}
+    finally:
+        await c.stop()
+
+
+@dataclass
+class DecisionTally:
+    """Decisions of one sale read from the topic: distinct orders, outcomes, repeats and conflicts."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)  # order_id → first outcome seen
+    repeated: int = 0  # the same decision again (at-least-once re-emits)
+    conflicting: int = 0  # a second, different decision for an order already decided
+
+    def add(self, order_id: str, outcome: str) -> None:
+        first = self.outcomes.get(order_id)
+        if first is None:
+            self.outcomes[order_id] = outcome
+        elif first == outcome:
+            self.repeated += 1
+        else:
+            self.conflicting += 1
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for outcome in self.outcomes.values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return {"orders": len(self.outcomes), **counts, "repeated": self.repeated, "conflicting": self.conflicting}
+
+
+async def read_decisions(
+    bootstrap: str, topic: str, start: dict[int, int], sale_ids: set[str], idle_s: float = 1.0, timeout_s: float = 60.0
+) -> dict[str, DecisionTally]:
+    """Every decision for ``sale_ids`` from ``start`` offsets on: read until the end offsets seen at the
+    call are reached and nothing new arrived for ``idle_s`` (run it after the load stopped)."""
+    tallies = {s: DecisionTally() for s in sale_ids}
+    goal = await end_offsets(bootstrap, topic)
+    c = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50, max_partition_fetch_bytes=8 << 20
+    )
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in goal]
+        c.assign(tps)
+        for tp in tps:
+            c.seek(tp, start.get(tp.partition, 0))
+        deadline = time.monotonic() + timeout_s
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await c.getmany(timeout_ms=100, max_records=20_000)
+            if batch:
+                last_new = time.monotonic()
+            for msgs in batch.values():
+                for m in msgs:
+                    obj = orjson.loads(m.value)
+                    for d in obj if isinstance(obj, list) else [obj]:
+                        data = d.get("data") or {}
+                        tally = tallies.get(str(data.get("sale_id")))
+                        if tally is not None and d["type"] in ("order.accepted", "order.rejected"):
+                            tally.add(data["order_id"], d["type"].removeprefix("order."))
+            positions = [await c.position(tp) for tp in tps]
+            reached = all(pos >= goal[tp.partition] for pos, tp in zip(positions, tps, strict=True))
+            if reached and time.monotonic() - last_new >= idle_s:
+                break
+    finally:
+        await c.stop()
+    return tallies

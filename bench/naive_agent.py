@@ -27,8 +27,9 @@ def build() -> FlashsaleApp:
     app.fetch_max_wait_ms = s.fetch_max_wait_ms
     names = TopicNames(s.topic_prefix)
     orders = app.topic(names.orders, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    decisions = app.topic(names.decisions, key_type=bytes, value_type=bytes, key_serializer="raw",
-                          value_serializer="raw")
+    decisions = app.topic(
+        names.decisions, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
     holder: dict[str, StockStore] = {}
 
     @app.agent(orders, name="naive.stock")

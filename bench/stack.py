@@ -72,23 +72,43 @@ class BenchStack:
         asyncio.run(ensure_topics(self.bootstrap, self.prefix, self.partitions))
         return self.prefix
 
-    def start(self, name: str, module: str, args: Sequence[str] = (), env: dict[str, str] | None = None,
-              port_var: str = "", ready_path: str = "/readyz", timeout: float = 60) -> int:
+    def start(
+        self,
+        name: str,
+        module: str,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        port_var: str = "",
+        ready_path: str = "/readyz",
+        timeout: float = 60,
+    ) -> int:
         """``python -m module`` on the stack; with ``port_var`` it gets a free port in that variable and,
         unless ``ready_path`` is empty, is waited for until that page answers 200. Returns the port (or 0)."""
         port = free_port() if port_var else 0
-        proc = python_module(module, list(args), self.root, name,
-                             env=self.env(**({port_var: str(port)} if port_var else {}), **(env or {})))
+        proc = python_module(
+            module,
+            list(args),
+            self.root,
+            name,
+            env=self.env(**({port_var: str(port)} if port_var else {}), **(env or {})),
+        )
         self.procs[name] = proc
         if port and ready_path:
             wait_ready(f"http://127.0.0.1:{port}{ready_path}", proc, timeout)
         return port
 
-    def start_worker(self, name: str = "worker", module: str = "streams", env: dict[str, str] | None = None,
-                     ready_path: str = "/readyz", timeout: float = 60) -> int:
+    def start_worker(
+        self,
+        name: str = "worker",
+        module: str = "streams",
+        env: dict[str, str] | None = None,
+        ready_path: str = "/readyz",
+        timeout: float = 60,
+    ) -> int:
         """A stream worker (or a reference consumer) with its operations port; returns that port."""
-        return self.start(name, module, env=env, port_var="FLASHSALE_WORKER_PORT", ready_path=ready_path,
-                          timeout=timeout)
+        return self.start(
+            name, module, env=env, port_var="FLASHSALE_WORKER_PORT", ready_path=ready_path, timeout=timeout
+        )
 
     def pids(self, *names: str) -> dict[str, int]:
         """PIDs by name, for :class:`bench.stats.ProcSampler` (every process when no name is given)."""

@@ -37,15 +37,16 @@ def percentiles(values: Sequence[float]) -> dict[str, float | int]:
 
 @dataclass
 class ProcSampler:
-    """CPU % (user + system, of one core) over the window and peak RSS per process.
+    """CPU % (user + system, of one core) over the window, CPU seconds and peak RSS per process.
 
     ``start()``, any number of ``sample()`` calls (RSS is a point reading), then ``stop()``.
-    A process that is gone reads as NaN CPU and its last RSS seen.
+    A process that is gone reads as NaN CPU and its last RSS seen. Each name covers the process and
+    the children it has at ``start()`` (a pre-forking server is one row: its processes summed).
     """
 
     pids: dict[str, int]
     peak_rss: dict[str, int] = field(default_factory=dict)
-    _procs: dict[str, psutil.Process] = field(default_factory=dict)
+    _procs: dict[str, list[psutil.Process]] = field(default_factory=dict)
     _cpu0: dict[str, float] = field(default_factory=dict)
     _t0: float = 0.0
 
@@ -53,18 +54,20 @@ class ProcSampler:
         self._t0 = time.monotonic()
         for name, pid in self.pids.items():
             try:
-                self._procs[name] = proc = psutil.Process(pid)
-                self._cpu0[name] = _cpu_s(proc)
+                proc = psutil.Process(pid)
+                self._procs[name] = tree = [proc, *proc.children(recursive=True)]
+                self._cpu0[name] = sum(_cpu_s(p) for p in tree)
             except psutil.Error:
                 continue
         self.sample()
 
     def sample(self) -> None:
-        for name, proc in self._procs.items():
+        for name, tree in self._procs.items():
             try:
-                self.peak_rss[name] = max(self.peak_rss.get(name, 0), proc.memory_info().rss)
+                rss = sum(p.memory_info().rss for p in tree)
             except psutil.Error:
                 continue
+            self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
 
     async def sample_until(self, until: float, every_s: float = 1.0) -> None:
         """Sample every ``every_s`` until ``time.monotonic()`` reaches ``until`` (run beside a measurement)."""
@@ -78,13 +81,39 @@ class ProcSampler:
         out = {}
         for name in self.pids:
             try:
-                cpu = (_cpu_s(self._procs[name]) - self._cpu0[name]) / elapsed * 100
+                cpu_s = sum(_cpu_s(p) for p in self._procs[name]) - self._cpu0[name]
             except (KeyError, psutil.Error):
-                cpu = float("nan")
-            out[name] = {"cpu_percent": round(cpu, 1), "rss_mb": round(self.peak_rss.get(name, 0) / 1e6, 1)}
+                cpu_s = float("nan")
+            out[name] = {
+                "cpu_percent": round(cpu_s / elapsed * 100, 1),
+                "cpu_s": round(cpu_s, 3),
+                "rss_mb": round(self.peak_rss.get(name, 0) / 1e6, 1),
+            }
         return out
 
 
 def _cpu_s(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return float(t.user + t.system)
+
+
+@dataclass
+class BoxCpu:
+    """The whole machine's busy CPU over a window, in % of one core (the box has ``cores`` x 100 %): shows
+    when the cores, not one process, are the limit, and what else (not sampled) used them."""
+
+    _t0: float = 0.0
+    _busy0: float = 0.0
+
+    def start(self) -> None:
+        self._t0, self._busy0 = time.monotonic(), _busy_s()
+
+    def stop(self) -> dict[str, float]:
+        elapsed = max(1e-9, time.monotonic() - self._t0)
+        cores = psutil.cpu_count() or 1
+        return {"busy_percent": round((_busy_s() - self._busy0) / elapsed * 100, 1), "cores": cores}
+
+
+def _busy_s() -> float:
+    t = psutil.cpu_times()
+    return float(t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
