@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from flashsale.embedded import free_port
 from kernel.settings import parse_env_file
 from schemas import keys as rk
+from tests.harness.workers import group_timing_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -37,9 +38,10 @@ def test_simulate_and_audit_without_flags_use_the_up_stack(tmp_path: Path) -> No
     ports = [f"--{n}-port={free_port()}" for n in ("broker", "redis", "gateway", "dashboard", "worker")]
     log = tmp_path / "up.out"
     with open(log, "wb") as out:
+        # no endpoint variables (they must come from the env file), only the suite's group timing
         up = subprocess.Popen([sys.executable, "-m", "flashsale", "up", "--no-simulate", *ports], cwd=tmp_path,
-                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=clean_env(),
-                              start_new_session=True)
+                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              env={**clean_env(), **group_timing_env()}, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while "Ctrl-C stops everything" not in log.read_text():

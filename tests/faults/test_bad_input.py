@@ -20,7 +20,8 @@ from tests.harness.worker_group import PARTITIONS
 
 pytestmark = pytest.mark.faults
 
-ATTEMPTS = 20_000
+ATTEMPTS = 10_000  # at 2,000/s: a 5 s sale, every kind of bad input in it at least 6 times
+ALLOTMENT = 750  # sells out as the 1,500 of a 20,000-attempt sale did
 MAX_RECORD_BYTES = 65_536
 MARKER = "chaos"
 MIX = BadMix(malformed=0.01, unknown_type=0.0025, bad_version=0.0025, fault=0.001, oversized=6,
@@ -32,7 +33,7 @@ async def test_bad_input_mid_sale(broker: Broker, aof_redis: AofRedis, rc: aiore
     group = group_factory(FLASHSALE_FAULT_INJECT=MARKER, FLASHSALE_MAX_RECORD_BYTES=str(MAX_RECORD_BYTES))
     await group.start("a", "b")
     await group.wait_split(TopicNames(topic_prefix).orders)
-    sales = make_sales(PARTITIONS)
+    sales = make_sales(PARTITIONS, allotment=ALLOTMENT)
     async with Traffic(broker.bootstrap, topic_prefix, sales, ATTEMPTS, rate=2000, bad=MIX, seed=6) as traffic:
         await traffic.open_sales()
         await traffic.run()

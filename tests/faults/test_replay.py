@@ -21,7 +21,8 @@ from tests.harness.worker_group import PARTITIONS
 
 pytestmark = pytest.mark.faults
 
-ATTEMPTS = 20_000
+ATTEMPTS = 10_000  # every record twice, then the whole log twice more: ~5,000 records replayed
+ALLOTMENT = 750  # sells out as the 1,500 of a 20,000-attempt sale did
 LIGHT_BAD = BadMix(malformed=0.002, unknown_type=0.001, bad_version=0.001)
 
 
@@ -53,7 +54,7 @@ async def test_duplicate_produce_and_replay(broker: Broker, aof_redis: AofRedis,
     group = group_factory()
     await group.start("a", "b")
     await group.wait_split(orders)
-    sales = make_sales(PARTITIONS)
+    sales = make_sales(PARTITIONS, allotment=ALLOTMENT)
     main = [s.sale_id for s in sales if not s.probe]
     hold = asyncio.Event()
     async with Traffic(broker.bootstrap, topic_prefix, sales, ATTEMPTS, rate=2000, bad=LIGHT_BAD,

@@ -1,4 +1,5 @@
-"""A 3-master Redis Cluster on loopback for the scale-out tests (one per module), stopped by PID."""
+"""A 3-master Redis Cluster on loopback for the scale-out tests (one per session: every test's client
+starts on flushed primaries with empty script caches), stopped by PID."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class RedisClusterHandle:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterHandle]:
     ports = [free_port() for _ in range(3)]
     base = tmp_path_factory.mktemp("redis-cluster")

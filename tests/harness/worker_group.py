@@ -23,10 +23,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from flashsale.embedded import ManagedProcess, free_port
 from tests.harness.aof_redis import AofRedis
 from tests.harness.broker import Broker
+from tests.harness.workers import SESSION_TIMEOUT_S, group_timing_env
+
+__all__ = ["PARTITIONS", "SESSION_TIMEOUT_S", "SWEEP_INTERVAL_S", "Worker", "WorkerGroup", "counters_available",
+           "fault_env", "group_factory"]
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
-SESSION_TIMEOUT_S = 6  # as the integration fixtures: Tansu evicts a SIGKILLed member after this
+# SESSION_TIMEOUT_S (re-exported from tests.harness.workers, as the integration fixtures use it): Tansu
+# evicts a SIGKILLed member after it
 SWEEP_INTERVAL_S = 0.5
 
 
@@ -182,7 +187,7 @@ def fault_env(broker: Broker, redis_url: str, prefix: str, **extra: str) -> dict
         "FLASHSALE_TOPIC_PREFIX": prefix,
         "FLASHSALE_APP_ID": f"app-{prefix.rstrip('.')}",
         "FLASHSALE_PARTITIONS": str(PARTITIONS),
-        "FLASHSALE_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
+        **group_timing_env(),
         "FLASHSALE_SWEEP_INTERVAL_S": str(SWEEP_INTERVAL_S),
         "FLASHSALE_AGENTS": agents,
         "FLASHSALE_LOG_LEVEL": "info",

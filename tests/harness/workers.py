@@ -17,6 +17,18 @@ from flashsale.embedded import ManagedProcess, free_port, python_module
 from tests.harness.broker import Broker
 from tests.harness.redis_server import RedisServer
 
+# Group timing of every worker the suite starts. Tansu answers a JoinGroup after about half the
+# session timeout (measured on this box: 6 s -> 3.0 s, 3 s -> 2.0 s, 2 s -> 1.0 s) and evicts a
+# SIGKILLed member after the full timeout, so both a worker's start-up and every takeover scale
+# with it. 2 s with a heartbeat every 0.5 s leaves four heartbeats per session on a loaded box.
+SESSION_TIMEOUT_S = 2.0
+HEARTBEAT_S = 0.5
+
+
+def group_timing_env() -> dict[str, str]:
+    """The FLASHSALE_* variables of that timing, for processes that start workers themselves (``flashsale up``)."""
+    return {"FLASHSALE_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S), "FLASHSALE_HEARTBEAT_S": str(HEARTBEAT_S)}
+
 
 @pytest.fixture
 def worker_env(broker: Broker, redis_server: RedisServer, topic_prefix: str) -> dict[str, str]:
@@ -28,7 +40,7 @@ def worker_env(broker: Broker, redis_server: RedisServer, topic_prefix: str) -> 
         "FLASHSALE_APP_ID": f"app-{topic_prefix.rstrip('.')}",
         "FLASHSALE_PARTITIONS": "4",
         "FLASHSALE_WORKER_PORT": str(free_port()),
-        "FLASHSALE_SESSION_TIMEOUT_S": "6",
+        **group_timing_env(),
     }
 
 
@@ -96,9 +108,10 @@ async def assigned_partitions(port: int, topic: str) -> set[int]:
 
 
 async def wait_stable_assignment(workers: Sequence[WorkerHandle], topic: str, partitions: int,
-                                 limit_s: float = 90.0, settle: float = 4.5) -> list[set[int]]:
+                                 limit_s: float = 90.0, settle: float = 2.5) -> list[set[int]]:
     """Wait until the workers' partitions are disjoint, cover the topic, none is empty, and stay so
-    for ``settle`` seconds (longer than the 2 s lag timer that refreshes the gauge)."""
+    for ``settle`` seconds (longer than the 2 s lag timer that refreshes the gauge, so at least one
+    refresh falls inside the window; as WorkerGroup.wait_split)."""
     deadline = time.monotonic() + limit_s
     stable_since: float | None = None
     last: list[set[int]] = []
