@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         "--http-duration", type=float, default=10.0, help="seconds of wrk per server and connection count (default 10)"
     )
     p.add_argument(
+        "--gateway-processes",
+        default="1,2",
+        help="gateway process counts to measure, one gateway run each (FLASHSALE_GATEWAY_PROCESSES), "
+        "comma-separated (default 1,2)",
+    )
+    p.add_argument(
         "--gateway-args",
         default="",
         help="extra options for the gateway under test, one shell-quoted string (default none), e.g. '--processes 2'",
@@ -81,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         connections = [str(int(c)) for c in args.http_connections.split(",") if c.strip()]
+        processes = [str(int(n)) for n in args.gateway_processes.split(",") if n.strip()]
     except ValueError:
         print(
-            f"bench: --http-connections {args.http_connections!r}: expected integers separated by commas",
+            "bench: --http-connections / --gateway-processes: expected integers separated by commas",
             file=sys.stderr,
         )
         return 2
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "http_connections": connections,
         "http_duration_s": args.http_duration,
         "http_gateway_args": args.gateway_args,
+        "http_gateway_processes": processes,
     }
     if args.counter_rate is not None:
         opts["metrics_rate"] = args.counter_rate

@@ -267,7 +267,7 @@ def bottleneck_lines(r: dict[str, Any]) -> list[str]:
                     "(gateway → Kafka → worker → Kafka → gateway)"
                 )
             out.append(
-                f"- HTTP {x['kind'].replace('_', ' ')} @ {x['connections']:,} connections "
+                f"- HTTP, {_label(x)} @ {x['connections']:,} connections "
                 f"({_f(x['req_per_s'])} req/s, p99 {_f(x['p99_ms'], 1)} ms): {lim_text}{extra}."
             )
     metrics = r.get("metrics")
@@ -350,7 +350,7 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             c = x["checks"]
             rows.append(
                 (
-                    f"HTTP {x['kind'].replace('_', ' ')} @ {x['connections']:,} connections",
+                    f"HTTP, {_label(x)} @ {x['connections']:,} connections",
                     f"{_f(x['req_per_s'])} req/s",
                     f"p50 {_f(x['p50_ms'], 1)} / p99 {_f(x['p99_ms'], 1)} ms; {ratio}; 202s "
                     f"{c['pending_202']}; checks {'ok' if c['ok'] else 'FAILED'}",
@@ -364,6 +364,17 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         if isinstance(part, dict) and "error" in part:
             rows.append((name, "not measured" if "not measured" in part["error"] else "FAILED", part["error"]))
     return rows
+
+
+def _label(x: dict[str, Any]) -> str:
+    n = int(x.get("gateway_processes") or 1)
+    gw = f"gateway ({n} processes)" if n > 1 else "gateway"
+    names = {
+        "minimal": "minimal aiohttp handler",
+        "decisions": f"{gw}, orders with decisions",
+        "sold_out": f"{gw}, sold out (409)",
+    }
+    return names[x["kind"]]
 
 
 def _http_lines(http: dict[str, Any]) -> list[str]:
@@ -398,11 +409,7 @@ def _http_lines(http: dict[str, Any]) -> list[str]:
         errors = sum(int(v) for k, v in x["wrk_errors"].items() if k != "status")
         rows.append(
             (
-                {
-                    "minimal": "minimal aiohttp handler",
-                    "decisions": "gateway, orders with decisions",
-                    "sold_out": "gateway, sold out (409)",
-                }[x["kind"]],
+                _label(x),
                 f"{x['connections']:,}",
                 _f(x["req_per_s"]),
                 f"{x['req_per_s'] / minimal[x['connections']] * 100:.0f}%" if minimal.get(x["connections"]) else "",
@@ -430,8 +437,8 @@ def _http_lines(http: dict[str, Any]) -> list[str]:
         "",
         f"`wrk -t{p['threads']} -c<connections> -d{p['duration_s']:.0f}s --latency -s bench/wrk_orders.lua`: one "
         "order per POST, each with its own order_id and user; every answer's status counted by the script. "
-        "The gateway (`python -m producers.gateway "
-        + (" ".join(p["gateway_args"]) or "")
+        "The gateway (`python -m producers.gateway"
+        + "".join(" " + a for a in p["gateway_args"])
         + "`, rate limit off) runs with a stock worker, Tansu and Redis; the "
         "decisions sale has stock for every order (each request is published and waits for its decision), the "
         "sold-out sale was opened with none (409 from the sold-out flag, nothing published). The minimal "

@@ -87,6 +87,7 @@ class ProcSampler:
             out[name] = {
                 "cpu_percent": round(cpu_s / elapsed * 100, 1),
                 "cpu_s": round(cpu_s, 3),
+                "procs": len(self._procs.get(name, ())) or 1,
                 "rss_mb": round(self.peak_rss.get(name, 0) / 1e6, 1),
             }
         return out

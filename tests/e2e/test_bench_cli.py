@@ -42,29 +42,33 @@ def test_bench_stock_small_run_decides_every_attempt(tmp_path: Path) -> None:
 
 
 def test_bench_http_small_run_checks_every_answer(tmp_path: Path) -> None:
-    """Orders through the real gateway and the minimal handler with wrk: every answer counted, every order
-    decided once, nothing oversold, the sold-out sale answered 409 without publishing."""
+    """Orders through the real gateway (one process, then two sharing the port) and the minimal handler with
+    wrk: every answer counted, every order decided once, nothing oversold, the sold-out sale answered 409
+    without publishing."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "http", "--http-connections", "8", "--http-duration", "1",
-         "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+         "--gateway-processes", "1,2", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     http = json.loads(out.read_text())["http"]
-    runs = {r["kind"]: r for r in http["runs"]}
-    assert set(runs) == {"minimal", "decisions", "sold_out"}
+    runs = {(r["kind"], r["gateway_processes"]): r for r in http["runs"]}
+    assert set(runs) == {("minimal", 0), ("decisions", 1), ("sold_out", 1), ("decisions", 2), ("sold_out", 2)}
     for r in runs.values():
         assert r["checks"]["ok"], r["checks"]
         assert r["requests"] > 0 and sum(r["statuses"].values()) == r["requests"]
-    assert runs["minimal"]["statuses"] == {"200": runs["minimal"]["requests"]}
-    dec = runs["decisions"]
-    answered = dec["statuses"].get("200", 0) + dec["statuses"].get("202", 0)
-    assert answered <= dec["decisions"]["orders"] <= answered + 8  # at most one in flight per connection
-    assert dec["decisions"]["conflicting"] == 0 and dec["stock"]["oversold"] == 0 and dec["stock"]["balanced"]
-    assert dec["stock"]["order_records"] == dec["decisions"]["orders"]
-    out_run = runs["sold_out"]
-    assert out_run["statuses"] == {"409": out_run["requests"]}
-    assert out_run["stock"]["attempts"] == 0 and out_run["decisions"]["orders"] == 0
-    assert {"gateway", "worker", "broker", "redis", "wrk"} <= set(dec["processes"])
-    assert "HTTP decisions @ 8 connections" in proc.stdout
+    minimal = runs[("minimal", 0)]
+    assert minimal["statuses"] == {"200": minimal["requests"]}
+    for procs in (1, 2):
+        dec = runs[("decisions", procs)]
+        answered = dec["statuses"].get("200", 0) + dec["statuses"].get("202", 0)
+        assert answered <= dec["decisions"]["orders"] <= answered + 8  # at most one in flight per connection
+        assert dec["decisions"]["conflicting"] == 0 and dec["stock"]["oversold"] == 0 and dec["stock"]["balanced"]
+        assert dec["stock"]["order_records"] == dec["decisions"]["orders"]
+        assert {"gateway", "worker", "broker", "redis", "wrk"} <= set(dec["processes"])
+        sold_out = runs[("sold_out", procs)]
+        assert sold_out["statuses"] == {"409": sold_out["requests"]}
+        assert sold_out["stock"]["attempts"] == 0 and sold_out["decisions"]["orders"] == 0
+    assert runs[("decisions", 2)]["processes"]["gateway"]["procs"] >= 3  # the parent and its two children
+    assert "HTTP, gateway, orders with decisions @ 8 connections" in proc.stdout
