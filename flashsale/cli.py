@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("producers.simulator", "publish a simulated live sale"),
     "audit": ("flashsale.audit", "recompute every sale from the Kafka log and compare with Redis"),
     "topics": ("flashsale.topics_cmd", "create the pipeline's topics"),
+    "report": ("flashsale.report", "write an HTML recap of a room's stream (GMV, viewers, sales, funnel)"),
 }
 
 
