@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import urllib.request
 from typing import Any
 
-from bench.load import LatencyMeter, drive, open_sales
+import orjson
+import redis.asyncio as aioredis
+
+from bench.load import LatencyMeter, Pending, attempt, drive, open_sales, producer
 from bench.stack import BenchStack
 from bench.stats import ProcSampler, now_ms, percentile
+from schemas import keys as rk
 from schemas.topics import TopicNames
 
 SALES = [(f"bench-s{i}", f"bench-sku-{i}") for i in range(8)]
@@ -131,3 +136,111 @@ def bench_reference(stack: BenchStack, attempts: int, naive_attempts: int, log: 
         stack.stop(name)
         log(f"    {out[key]['attempts_per_s']:.0f} attempts/s")
     return out
+
+
+SINGLE_SALES = [(f"single-s{i}", f"single-sku-{i}") for i in range(8)]
+
+
+async def _load_single(stack: BenchStack, attempts: int, allotment: int,
+                       sales: list[tuple[str, str]]) -> None:
+    """Open ``sales`` with ``allotment`` units each, then publish ``attempts`` order.placed, ONE event
+    per Kafka record (what the gateway and any plain producer sends), awaiting every ack."""
+    names = TopicNames(stack.prefix)
+    await open_sales(stack.bootstrap, names, sales, allotment)
+    p = producer(stack.bootstrap, linger_ms=5)
+    await p.start()
+    try:
+        pending = Pending(p, limit=5000)
+        ts = now_ms()
+        for n in range(attempts):
+            sale_id, sku = sales[n % len(sales)]
+            value = orjson.dumps(attempt(n, sale_id, sku, ts, users=attempts))  # one user per attempt
+            await pending.send(names.orders, value, key=sku.encode())
+        await pending.flush()
+    finally:
+        await p.stop()
+
+
+async def _sale_totals(stack: BenchStack, sales: list[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    client = aioredis.from_url(stack.redis_url)
+    try:
+        out = {}
+        for sale_id, _ in sales:
+            raw = await client.hgetall(rk.sale(sale_id))
+            out[sale_id] = {str(k, "utf-8") if isinstance(k, bytes) else k: int(v) for k, v in raw.items()
+                            if v.isdigit()}
+        return out
+    finally:
+        await client.aclose()
+
+
+def _batch_shape(port: int) -> dict[str, float]:
+    """From the worker's /metrics: mean events per stock batch and mean stock-script round trip."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("flashsale_batch_events_", "flashsale_redis_call_seconds_")) and " " in line:
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    out = {}
+    n = values.get('flashsale_batch_events_count{agent="stock"}', 0.0)
+    if n:
+        out["events_per_batch"] = round(values['flashsale_batch_events_sum{agent="stock"}'] / n, 1)
+    for name, v in values.items():
+        if name.startswith("flashsale_redis_call_seconds_count") and v:
+            op = name[name.index("{"):]
+            out[f"redis_ms_mean{op}"] = round(values[f"flashsale_redis_call_seconds_sum{op}"] / v * 1000, 2)
+    return out
+
+
+def bench_single_record(stack: BenchStack, attempts: int, log: Any = print, **worker_env: str) -> dict[str, Any]:
+    """The one-event-per-record drain: a backlog of ``attempts`` order.placed, one event per Kafka
+    record, then a stock worker is started and first → last decision is timed. Half the attempts can
+    be accepted (each sale's allotment is half its attempts), so both decisions and the oversell
+    check are exercised; every attempt must be decided exactly once."""
+    sales = SINGLE_SALES
+    allotment = max(1, attempts // len(sales) // 2)
+    stack.new_prefix("single")
+
+    async def go() -> dict[str, Any]:
+        log(f"  stock: one event per record, loading a backlog of {attempts} attempts ...")
+        await _load_single(stack, attempts, allotment, sales)
+        meter = LatencyMeter(stack.bootstrap, TopicNames(stack.prefix).decisions)
+        await meter.start()
+        port = await asyncio.get_running_loop().run_in_executor(None, lambda: stack.start_worker(
+            "worker", env={"FLASHSALE_AGENTS": "stock", **worker_env}))
+        sampler = ProcSampler(stack.pids("worker", "broker", "redis"))
+        sampler.start()
+        deadline = time.monotonic() + max(60.0, attempts / 1000)
+        while meter.decided < attempts and time.monotonic() < deadline:
+            sampler.sample()
+            await asyncio.sleep(0.05)
+        span = max(1e-9, (meter.last_ms - meter.first_ms) / 1000)
+        await asyncio.sleep(1.0)  # late duplicates, if any, are counted too
+        procs = sampler.stop()
+        elapsed = time.monotonic() - sampler._t0  # noqa: SLF001 - the sampler's own window
+        await meter.stop()
+        shape = await asyncio.get_running_loop().run_in_executor(None, _batch_shape, port)
+        totals = await _sale_totals(stack, sales)
+        oversold = sum(max(0, t.get("reserved", 0) + t.get("sold", 0) - allotment) for t in totals.values())
+        oversold += sum(max(0, t.get("accepted", 0) - allotment) for t in totals.values())
+        cpu_s = procs["worker"]["cpu_percent"] / 100 * elapsed
+        return {
+            "attempts": attempts, "decided": meter.decided, "repeated_decisions": meter.repeated,
+            "decided_once": meter.decided == attempts and meter.repeated == 0,
+            "oversold": oversold, "drain_s": round(span, 2),
+            "decisions_per_s": round(meter.decided / span, 1),
+            # the worker's CPU over the whole window (drain plus its idle tail) per decision
+            "worker_cpu_us_per_decision": round(cpu_s / max(1, meter.decided) * 1e6, 1),
+            "processes": procs,
+            **shape,
+        }
+
+    try:
+        r = asyncio.run(go())
+    finally:
+        stack.stop("worker")
+    log(f"    {r['decisions_per_s']:.0f} decisions/s, worker {r['worker_cpu_us_per_decision']} µs CPU/decision, "
+        f"decided once: {r['decided_once']}, oversold: {r['oversold']}")
+    return r

@@ -30,6 +30,11 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             "flashsale_batch_events", "Events per processed batch, per agent", ["agent"],
             buckets=(1, 10, 50, 100, 500, 1000, 5000, 20000), registry=r)
+        self.consumed_messages = Counter(
+            "flashsale_consumed_messages_total", "Faust messages handed to an agent, by agent: with coalescing "
+            "(FLASHSALE_COALESCE_RECORDS) one message carries a run of a partition's records", ["agent"], registry=r)
+        self.consumed_records = Counter(
+            "flashsale_consumed_records_total", "Kafka records handed to an agent, by agent", ["agent"], registry=r)
         self.consumer_lag = Gauge(
             "flashsale_consumer_lag", "Records behind the high watermark", ["topic", "partition"], registry=r)
         self.redis_latency = Histogram(

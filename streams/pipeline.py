@@ -22,9 +22,12 @@ PROBE_TIMEOUT_S = 1.0  # the /readyz ping's connect and reply timeout
 
 
 class FlashsaleApp(faust.App):
-    """faust.App plus the consumer fetch wait our transport reads (see streams.transport)."""
+    """faust.App plus what our transport reads (see streams.transport): the consumer fetch wait and
+    which topics' records reach the agents coalesced, in runs of at most how many records."""
 
     fetch_max_wait_ms: int = 50
+    coalesce_topics: frozenset[str] = frozenset()
+    coalesce_max_records: int = 1000
 
 
 class RedisClients(Service):

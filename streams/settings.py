@@ -27,6 +27,10 @@ class WorkerSettings(FlashsaleSettings):
     heartbeat_s: float = Field(1.0, ge=0.1, description="consumer heartbeat")
     fetch_max_wait_ms: int = Field(50, ge=0, le=10_000, description="consumer fetch wait (Faust hard-codes 1500)")
     batch_max: int = Field(5000, ge=1, le=100_000, description="most records per agent batch")
+    batches_in_flight: int = Field(2, ge=1, le=8, description="stock batches run at once: one is decoded and "
+                                   "applied while the one before waits for its output acks (1: in series)")
+    coalesce_records: int = Field(1000, ge=0, le=100_000, description="consecutive records of a partition "
+                                  "handed to the agents as one Faust message (0: one message per record)")
     # measured: 5 ms cut p99 at 5k attempts/s by ~20% vs 20 ms, no throughput cost
     batch_within_ms: float = Field(5.0, ge=0, description="longest wait to fill a batch")
     sweep_interval_s: float = Field(0.5, ge=0.05, description="reservation sweep period")
@@ -67,6 +71,16 @@ class WorkerSettings(FlashsaleSettings):
     def batch_within_s(self) -> float:
         return self.batch_within_ms / 1000
 
+    @property
+    def take_messages(self) -> int:
+        """Messages per agent batch: about ``batch_max`` records when messages are coalesced runs."""
+        return max(1, self.batch_max // self.coalesce_records) if self.coalesce_records else self.batch_max
+
+    @property
+    def stream_buffer_messages(self) -> int:
+        """An agent's input buffer, in messages: four batches' worth (Faust's default is 4096 messages)."""
+        return max(16, 4 * self.take_messages) if self.coalesce_records else 4096
+
     def faust_options(self) -> dict[str, Any]:
         """The plain dict of Faust settings, tuned for fast group joins and low fetch latency."""
         return {
@@ -89,6 +103,8 @@ class WorkerSettings(FlashsaleSettings):
             "processing_guarantee": "at_least_once",
             "consumer_auto_offset_reset": "earliest",
             "stream_wait_empty": False,
+            # in messages: with coalescing each carries up to coalesce_records records
+            "stream_buffer_maxsize": self.stream_buffer_messages,
             "web_enabled": True,
             "web_bind": self.web_host,
             "web_port": self.web_port,

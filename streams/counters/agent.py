@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from schemas.topics import DECISIONS, ENGAGEMENT, ORDERS
+from streams.batching import records_of, value_bytes
 from streams.counters.params import CounterParams
 from streams.counters.service import CountersService, Prepared, spike_configs
 from streams.counters.store import CountersStore
-from streams.emit import Record, record_time_ms
+from streams.emit import Record
 from streams.pipeline import Pipeline
 from streams.resilience import process
 
@@ -28,12 +29,12 @@ CHUNK_BYTES = 1 << 20  # about 7,000 events of JSON
 
 def chunks(events: Sequence[Any], max_bytes: int = CHUNK_BYTES) -> list[Sequence[Any]]:
     """Split a consumed batch into runs of at most ``max_bytes`` of record values (at least one
-    record each), so decoding one chunk never blocks the loop for long and overlaps the Redis
-    work of the chunk before."""
+    event each; a coalesced event is never split), so decoding one chunk never blocks the loop for
+    long and overlaps the Redis work of the chunk before."""
     out: list[Sequence[Any]] = []
     start = size = 0
     for i, e in enumerate(events):
-        n = len(e.value or b"")
+        n = value_bytes(e)
         if size and size + n > max_bytes:
             out.append(events[start:i])
             start, size = i, 0
@@ -80,15 +81,16 @@ def register(p: Pipeline) -> None:
         verify = p.output_keys.verify if topic == DECISIONS and p.output_keys is not None else None
 
         async def run(stream: Any) -> None:
+            messages = p.metrics.consumed_messages.labels(name.rsplit(".", 1)[-1])
+            consumed = p.metrics.consumed_records.labels(name.rsplit(".", 1)[-1])
             inflight: asyncio.Task[None] | None = None
             try:
-                async for batch in stream.noack_take(p.settings.batch_max, within=p.settings.batch_within_s):
+                async for batch in stream.noack_take(p.settings.take_messages, within=p.settings.batch_within_s):
                     svc = service(topic)
+                    messages.inc(len(batch))
                     for events in chunks(batch):
-                        records = [Record(topic, e.message.partition, e.message.offset, e.value,
-                                          timestamp_ms=record_time_ms(e.message),
-                                          signature_ok=verify is None or verify(topic, e.value, e.message.headers))
-                                   for e in events]
+                        records = records_of(events, topic, verify)
+                        consumed.inc(len(records))
                         prepared: Prepared | None
                         try:
                             prepared = svc.prepare(records)
