@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 RECORD_OVERHEAD: Final = 64 * 1024  # headroom over max_batch_bytes for Kafka record framing
 _ORDER_NS: Final = uuid.UUID("6f1c3f4e-8a53-4d0a-9a43-53a1e5f1a7c1")
+_ORDER_NS_BYTES: Final = _ORDER_NS.bytes
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,14 @@ def record_of(topic: str, key: bytes, chunk: list[bytes]) -> Record:
 
 
 def order_event_id(sale_id: str, order_id: str) -> str:
-    """A stable event id per order, so a retried placement is a replay, not a duplicate attempt."""
-    return uuid.uuid5(_ORDER_NS, f"order.placed\x00{sale_id}\x00{order_id}").hex
+    """A stable event id per order, so a retried placement is a replay, not a duplicate attempt:
+    ``uuid5(namespace, "order.placed\\0<sale>\\0<order>").hex``, computed without building UUID objects
+    (the gateway derives one per order request)."""
+    digest = bytearray(hashlib.sha1(_ORDER_NS_BYTES + f"order.placed\x00{sale_id}\x00{order_id}".encode(),
+                                    usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return digest.hex()
 
 
 class Publisher:

@@ -59,9 +59,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         logger.exception("unhandled error on %s %s", request.method, _route(request))
         return json_response({"error": "internal", "message": "internal error"}, status=500)
     finally:
-        route = _route(request)
-        state.metrics.requests.labels(route, str(status)).inc()
-        state.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        state.metrics.observe_request(_route(request), status, time.perf_counter() - started)
 
 
 def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = None) -> web.Application:

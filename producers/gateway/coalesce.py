@@ -16,12 +16,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class _Pending:
-    """The record being gathered for one (topic, key): its events' bytes and the future they all await."""
+    """The record being gathered for one (topic, key): its events' bytes and a future per waiting order
+    (one each, not one shared: an order whose request goes away cancels only its own)."""
 
     topic: str
     key: bytes
-    done: asyncio.Future[None]
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
     raws: list[bytes] = field(default_factory=list)
+    sent: bool = False
     size: int = 1  # the brackets of the array, less the comma the first event does not need
     timer: asyncio.TimerHandle | None = None
 
@@ -60,18 +62,19 @@ class OrderCoalescer:
         if batch is not None and batch.size + len(item.raw) + 1 > self._max_bytes:
             self._flush(batch)  # this event would overflow it: it starts the next record
             batch = None
+        loop = asyncio.get_running_loop()
         if batch is None:
-            loop = asyncio.get_running_loop()
-            batch = _Pending(topic, key, loop.create_future())
-            batch.done.add_done_callback(_retrieve)
+            batch = _Pending(topic, key)
             self._pending[(topic, key)] = batch
             if self._max_events > 1:
                 batch.timer = loop.call_later(self._window_s, self._flush, batch)
+        fut: asyncio.Future[None] = loop.create_future()
+        batch.waiters.append(fut)
         batch.raws.append(item.raw)
         batch.size += len(item.raw) + 1
         if len(batch.raws) >= self._max_events:
             self._flush(batch)
-        await asyncio.shield(batch.done)  # a caller that goes away does not cancel the others' record
+        await fut
 
     def _flush(self, batch: _Pending) -> None:
         if self._pending.get((batch.topic, batch.key)) is batch:
@@ -79,8 +82,9 @@ class OrderCoalescer:
         if batch.timer is not None:
             batch.timer.cancel()
             batch.timer = None
-        if not batch.raws or batch.done.done():
+        if not batch.raws or batch.sent:
             return
+        batch.sent = True
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
@@ -90,22 +94,18 @@ class OrderCoalescer:
         try:
             await self._publisher.send_records([record])
         except PublishError as exc:
-            if not batch.done.done():
-                batch.done.set_exception(exc)
+            _settle(batch, exc)
             return
         except asyncio.CancelledError:  # stopped at shutdown: the orders are answered 503, never left hanging
-            if not batch.done.done():
-                batch.done.set_exception(PublishError("the gateway stopped before Kafka acknowledged the record"))
+            _settle(batch, PublishError("the gateway stopped before Kafka acknowledged the record"))
             raise
         except Exception as exc:  # noqa: BLE001 - a producer in a bad state: its orders get 503, not a hang
             logger.exception("publishing a record of %d orders failed", len(batch.raws))
-            if not batch.done.done():
-                batch.done.set_exception(PublishError(f"publishing failed: {exc!r}"))
+            _settle(batch, PublishError(f"publishing failed: {exc!r}"))
             return
         if self._on_record is not None:
             self._on_record(record.count)
-        if not batch.done.done():
-            batch.done.set_result(None)
+        _settle(batch, None)
 
     async def close(self) -> None:
         """Send what is gathered now and wait for every record in flight (before the producer stops)."""
@@ -116,7 +116,12 @@ class OrderCoalescer:
                 await asyncio.gather(*self._sending, return_exceptions=True)
 
 
-def _retrieve(fut: asyncio.Future[None]) -> None:
-    """Mark the exception seen: every waiting order gets it, even if all of them went away."""
-    if not fut.cancelled():
-        fut.exception()
+def _settle(batch: _Pending, exc: BaseException | None) -> None:
+    for fut in batch.waiters:
+        if fut.done():  # its request went away
+            continue
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
+            fut.exception()  # seen here: no "never retrieved" warning if its request goes away meanwhile

@@ -71,6 +71,12 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
     if length is not None and length > limit:
         raise ApiError(413, "payload_too_large", f"body of {length} bytes exceeds the limit of {limit} bytes",
                        reason="too_large", close=True)
+    if request.content.is_eof():  # the whole body came with the headers (most orders): nothing to wait for
+        whole = await request.content.read()
+        if len(whole) > limit:
+            raise ApiError(413, "payload_too_large", f"body exceeds the limit of {limit} bytes",
+                           reason="too_large", close=True)
+        return whole
     buf = bytearray()
     try:
         async with asyncio.timeout(timeout_s):

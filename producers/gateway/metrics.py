@@ -44,5 +44,21 @@ class GatewayMetrics:
         self.order_record_events = Histogram(
             "flashsale_gateway_order_record_events", "Orders per Kafka record the orders endpoint published "
             "(coalesced: concurrent orders of one SKU share a record)", buckets=RECORD_BUCKETS, registry=r)
+        self._request_series: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self.order_published = self.events.labels("accepted")  # the orders endpoint's one event
+        self._decided = {o: self.decisions.labels(o) for o in ("accepted", "rejected", "pending")}
         self.ready = Gauge("flashsale_gateway_ready", "1 when the producer and decision reader are connected",
                            registry=r)
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        """Count a request and its time; the labelled series are looked up once per (route, status)."""
+        series = self._request_series.get((route, status))
+        if series is None:
+            series = self._request_series[(route, status)] = (self.requests.labels(route, str(status)),
+                                                              self.latency.labels(route))
+        series[0].inc()
+        series[1].observe(seconds)
+
+    def decided(self, outcome: str) -> Counter:
+        """The orders-answered series of ``outcome`` (accepted, rejected or pending)."""
+        return self._decided.get(outcome) or self.decisions.labels(outcome)

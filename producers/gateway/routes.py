@@ -172,11 +172,16 @@ async def _known_decision(state: GatewayState, sale_id: str, order_id: str, user
 
 
 def _key_count(node: Any) -> int:
+    count = 0
     if isinstance(node, dict):
-        return len(node) + sum(_key_count(v) for v in node.values())
-    if isinstance(node, list):
-        return sum(_key_count(v) for v in node)
-    return 0
+        count = len(node)
+        node = node.values()
+    elif not isinstance(node, list):
+        return 0
+    for value in node:
+        if isinstance(value, (dict, list)):
+            count += _key_count(value)
+    return count
 
 
 def repeated_in_body(raw: bytes, body: Any) -> list[tuple[int, str]]:
@@ -260,7 +265,7 @@ async def _publish_and_wait(state: GatewayState, prepared: Prepared, sale_id: st
         raise ApiError(503, "broker_unavailable", "Kafka did not acknowledge the order; retry with the same "
                        "order_id", reason="broker_unavailable", headers={"Retry-After": "1"},
                        extra={"order_id": order_id}) from None
-    state.metrics.events.labels("accepted").inc()
+    state.metrics.order_published.inc()
     timeout = state.settings.decision_timeout_ms / 1000
     decision = await state.waiter.wait(sale_id, order_id, timeout, user_id=user_id)
     status_url = f"/v1/sales/{sale_id}/orders/{order_id}"
@@ -268,7 +273,7 @@ async def _publish_and_wait(state: GatewayState, prepared: Prepared, sale_id: st
         state.metrics.decisions.labels("pending").inc()
         return json_response({"status": "pending", "order_id": order_id, "sale_id": sale_id,
                               "status_url": status_url}, status=202, headers={"Location": status_url})
-    state.metrics.decisions.labels(decision.outcome).inc()
+    state.metrics.decided(decision.outcome).inc()
     state.metrics.decision_wait.observe(time.perf_counter() - started)
     return json_response(decision.to_dict(), status=200)
 

@@ -61,7 +61,7 @@ class SoldOutCache:
         self._clock = clock
         self._max_sales = max_sales
         self._entries: dict[str, tuple[SaleStock, float]] = {}
-        self._inflight: dict[str, asyncio.Future[SaleStock]] = {}
+        self._inflight: dict[str, list[asyncio.Future[SaleStock]]] = {}  # callers waiting for the read
         self.lookups = 0  # Redis reads made (tests and metrics read it)
 
     async def is_sold_out(self, sale_id: str) -> bool:
@@ -71,11 +71,12 @@ class SoldOutCache:
         hit = self._entries.get(sale_id)
         if hit is not None and hit[1] > self._clock():
             return hit[0]
-        pending = self._inflight.get(sale_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[SaleStock] = asyncio.get_running_loop().create_future()
-        self._inflight[sale_id] = fut
+        waiting = self._inflight.get(sale_id)
+        if waiting is not None:
+            fut: asyncio.Future[SaleStock] = asyncio.get_running_loop().create_future()
+            waiting.append(fut)
+            return await fut
+        self._inflight[sale_id] = []
         value = UNKNOWN
         try:
             self.lookups += 1
@@ -89,8 +90,9 @@ class SoldOutCache:
         except (RedisError, OSError) as exc:
             logger.warning("sold-out check for sale %s failed, letting the order through: %s", sale_id, exc)
         finally:
-            del self._inflight[sale_id]
-            fut.set_result(value)
+            for waiter in self._inflight.pop(sale_id):
+                if not waiter.done():
+                    waiter.set_result(value)
         return value
 
 

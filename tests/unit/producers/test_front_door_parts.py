@@ -154,3 +154,13 @@ def test_the_repeated_key_shortcut_on_generated_bodies() -> None:
             for sep in (":", " :", ": "):
                 raw = ("{" + ",".join(f'"{k}"{sep}1' for k in names) + "}").encode()
                 assert repeated_in_body(raw, orjson.loads(raw)) == repeated_keys(raw), raw
+
+
+@pytest.mark.parametrize(("sale", "order_id"), [("s", "o"), ("sale-1", "o-1"), ("ü", "x" * 200), ("", "")])
+def test_the_order_event_id_is_the_uuid5_it_always_was(sale: str, order_id: str) -> None:
+    import uuid
+
+    from producers.sdk import order_event_id
+
+    namespace = uuid.UUID("6f1c3f4e-8a53-4d0a-9a43-53a1e5f1a7c1")
+    assert order_event_id(sale, order_id) == uuid.uuid5(namespace, f"order.placed\x00{sale}\x00{order_id}").hex
