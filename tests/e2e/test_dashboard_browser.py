@@ -119,8 +119,8 @@ async def test_dashboard_follows_a_simulated_sale(worker: WorkerHandle, dashboar
     run_id = f"e2e{uuid.uuid4().hex[:6]}"
     sale_id = f"{run_id}-r1-s1"
     sim = python_module("producers.simulator", [
-        "--rooms", "1", "--viewers", "300", "--duration", "30", "--sales", "1", "--allotment", "40",
-        "--attempts-factor", "6", "--first-sale-at", "4", "--sale-window", "20", "--ttl", "10",
+        "--rooms", "1", "--viewers", "300", "--duration", "20", "--sales", "1", "--allotment", "40",
+        "--attempts-factor", "6", "--first-sale-at", "3", "--sale-window", "12", "--ttl", "6",
         "--run-id", run_id, "--json"], tmp_path, "simulator", env={**os.environ, **worker_env})
     try:
         # The page picks the room up by itself and shows the sale selling out.
@@ -157,7 +157,7 @@ async def test_dashboard_follows_a_simulated_sale(worker: WorkerHandle, dashboar
                 break
     assert page_now == expected
     a, r, s = (int(expected[f"sale-{sale_id}-{f}"] or 0) for f in ("available", "reserved", "sold"))
-    assert a + r + s == 40 and s > 0  # abandoned reservations (TTL 10 s) have gone back to available
+    assert a + r + s == 40 and s > 0  # abandoned reservations (TTL 6 s) go back to available
     # The visible text is the same number, formatted.
     # (The sale's window has ended by now, so its card sits under the collapsed "earlier" section.)
     shown = await page.text_content(f'[data-testid="sale-{sale_id}-attempts"]') or ""
@@ -279,7 +279,7 @@ async def page_metrics(page: Any, cdp: Any, samples: int = 3) -> dict[str, float
 
 @pytest.mark.slow
 async def test_page_does_not_grow_over_many_pushes(redis_server: Any, browser: Any) -> None:
-    """About 1,500 pushes (25 minutes of a real room at one push a second) with 20 channel switches,
+    """About 1,400 pushes (23 minutes of a real room at one push a second) with 20 channel switches,
     each a new EventSource: the page's DOM nodes, listeners and JS heap end where they started."""
     from aiohttp.test_utils import TestServer
     from prometheus_client import CollectorRegistry
@@ -304,9 +304,9 @@ async def test_page_does_not_grow_over_many_pushes(redis_server: Any, browser: A
         channels = ["all", "live_room", "community_group", "mini_program", "share_link", "other"]
         await page.wait_for_timeout(10_000)  # warm up: every pool and card created, JIT settled
         base = await page_metrics(page, cdp)
-        for i in range(20):
+        for i in range(20):  # 50 pushes per channel: each sees a sale arrive and one leave (every 40 ticks)
             await page.click(f'[data-testid="channel-{channels[i % len(channels)]}"]')
-            await page.wait_for_timeout(3_000)
+            await page.wait_for_timeout(2_500)
         await page.click('[data-testid="channel-all"]')
         await page.wait_for_timeout(7_000)  # let the last toasts expire
         end = await page_metrics(page, cdp)
