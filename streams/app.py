@@ -27,10 +27,10 @@ def create_app(settings: WorkerSettings, registry: CollectorRegistry | None = No
     app = FlashsaleApp(settings.app_id, **settings.faust_options())
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     names = TopicNames(settings.topic_prefix)
-    if settings.coalesce_records:
+    if settings.coalesce_run:
         # the agents' input topics: every reader of them expands runs (streams.batching.records_of)
         app.coalesce_topics = frozenset((names.orders, names.engagement, names.decisions))
-        app.coalesce_max_records = settings.coalesce_records
+        app.coalesce_max_records = settings.coalesce_run
     parts = {k: (settings.partitions if v > 1 else v) for k, v in DEFAULT_PARTITIONS.items()}
     # Started and stopped with the app (a child service); agents stop before it closes the clients.
     redis = RedisClients(settings)

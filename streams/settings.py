@@ -72,14 +72,19 @@ class WorkerSettings(FlashsaleSettings):
         return self.batch_within_ms / 1000
 
     @property
+    def coalesce_run(self) -> int:
+        """Most records per coalesced message (never more than a batch); 0: coalescing off."""
+        return min(self.coalesce_records, self.batch_max)
+
+    @property
     def take_messages(self) -> int:
-        """Messages per agent batch: about ``batch_max`` records when messages are coalesced runs."""
-        return max(1, self.batch_max // self.coalesce_records) if self.coalesce_records else self.batch_max
+        """Messages per agent batch: at most ``batch_max`` records when messages are coalesced runs."""
+        return max(1, self.batch_max // self.coalesce_run) if self.coalesce_run else self.batch_max
 
     @property
     def stream_buffer_messages(self) -> int:
         """An agent's input buffer, in messages: four batches' worth (Faust's default is 4096 messages)."""
-        return max(16, 4 * self.take_messages) if self.coalesce_records else 4096
+        return max(16, 4 * self.take_messages) if self.coalesce_run else 4096
 
     def faust_options(self) -> dict[str, Any]:
         """The plain dict of Faust settings, tuned for fast group joins and low fetch latency."""

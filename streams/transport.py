@@ -149,6 +149,7 @@ class Consumer(driver.Consumer):
                 return False
             message.acked = True
             self._live.discard(message)
+            self._unacked_messages.discard(message)
             if message.generation_id != self.app.consumer_generation_id:
                 logger.info("ack of %s offsets %d-%d fetched in an older generation: not committed, "
                             "delivered again", message.tp, message.first_offset, message.offset)
@@ -163,7 +164,6 @@ class Consumer(driver.Consumer):
             try:
                 if not fresh:
                     return False
-                self._unacked_messages.discard(message)
                 acked_index.update(fresh)
                 self._acked[tp].extend(fresh)
                 # commit_every counts deliveries: one per run, so a run costs one, not len(run), commits
@@ -172,15 +172,21 @@ class Consumer(driver.Consumer):
             finally:
                 notify(self._waiting_for_ack)
 
-    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+    def kill_runs(self, revoked: set[TP]) -> int:
+        """Mark the coalesced messages in flight of ``revoked`` partitions acked without recording
+        an offset: however late their batches finish, nothing of theirs can commit. Returns how many."""
         with ack_lock:
             dead = [m for m in list(self._live) if m.tp in revoked]
-            for m in dead:  # acked without recording an offset: nothing of theirs can commit
+            for m in dead:
                 m.acked = True
                 self._live.discard(m)
+                self._unacked_messages.discard(m)
+        return len(dead)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        dead = self.kill_runs(revoked)
         if dead:
-            logger.info("partitions revoked with %d coalesced messages in flight; they are delivered again",
-                        len(dead))
+            logger.info("partitions revoked with %d coalesced messages in flight; they are delivered again", dead)
         await super().on_partitions_revoked(revoked)
 
 
