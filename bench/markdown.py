@@ -30,8 +30,14 @@ def _ok(part: Any) -> TypeGuard[dict[str, Any]]:
 
 # A process whose busiest thread is this close to a full core is at its limit (an event loop, Redis's main thread).
 AT_LIMIT = 85.0
-SINGLE_CORE = ("worker", "redis", "gateway", "minimal", "limit-worker")
-NAMES = {"minimal": "minimal handler", "limit-worker": "worker", "redis": "Redis", "wrk": "wrk"}
+SINGLE_CORE = ("worker", "redis", "gateway", "minimal", "limit-worker", "loadgen", "load generator", "producer")
+NAMES = {
+    "minimal": "minimal handler",
+    "limit-worker": "worker",
+    "redis": "Redis",
+    "wrk": "wrk",
+    "loadgen": "load generator (this benchmark process: generator and decision reader)",
+}
 
 
 def limit_of(procs: dict[str, dict[str, Any]], cores: int, box: dict[str, Any] | None = None) -> str:
@@ -142,7 +148,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if "http" in r:
         minimal = {x["connections"]: x for x in http.get("runs", []) if x["kind"] == "minimal"} if _ok(http) else {}
         for t in http.get("targets", []) if _ok(http) else []:
-            c = 1000 if "1,000" in t["target"] else 64
+            c = int(t["connections"])
             ref_rate = minimal.get(c, {}).get("req_per_s")
             add(
                 t["target"],
@@ -239,7 +245,7 @@ def bottleneck_lines(r: dict[str, Any]) -> list[str]:
             out.append(
                 f"- Physical limit, {s['shape']}: at most {_f(e['limit_per_s'])} decisions/s, set by "
                 f"{e['limited_by']}: {e['because']}. Measured {_f(s['decisions_per_s'])}/s "
-                f"= {e['measured_share']}% of it."
+                f"= {e['measured_share']}% of it; in that run {limit_of(s.get('processes', {}), cores)}."
             )
     http = r.get("http")
     if _ok(http):
@@ -334,7 +340,8 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                 (
                     f"physical limit, {s['shape']}",
                     f"{_f(e['limit_per_s'])} /s",
-                    f"set by {e['limited_by']}, {e['total_us_per_decision']} µs CPU/decision; measured "
+                    f"set by {e['limited_by']}, {e['total_us_per_decision']} µs CPU/decision (producer included; "
+                    f"a backlog's drain: {_f(e.get('drain_limit_per_s'))}/s); published and decided "
                     f"{_f(s['decisions_per_s'])}/s",
                 )
             )
@@ -550,7 +557,7 @@ def _drain_lines(r: dict[str, Any]) -> list[str]:
 
 
 def _limit_lines(lim: dict[str, Any], cores: int) -> list[str]:
-    parts = ("producer", "broker (ingest)", "worker", "broker (drain)", "redis")
+    parts = ("producer", "broker", "worker", "redis")
     rows = []
     for s in lim["shapes"]:
         e = s["estimate"]
@@ -565,6 +572,7 @@ def _limit_lines(lim: dict[str, Any], cores: int) -> list[str]:
                 s["script_us_per_decision"],
                 _f(e["limit_per_s"]),
                 e["limited_by"],
+                _f(e.get("drain_limit_per_s")),
                 _f(s["decisions_per_s"]),
                 f"{e['measured_share']}%",
             )
@@ -573,10 +581,11 @@ def _limit_lines(lim: dict[str, Any], cores: int) -> list[str]:
         "",
         "## Physical limit from measured parts",
         "",
-        "Per decision, CPU µs measured in this run: the producer (this process, while it publishes the backlog) "
-        "and the broker taking it in; then, over the drain window (first to last decision, the worker's "
-        "start-up excluded), the worker, the broker and Redis (psutil), and the stock script's own time from "
-        "Redis's `INFO commandstats` (`usec` of evalsha/fcall). The box has "
+        "A ready stock worker gets order attempts published as fast as one producer goes and decides them as "
+        "they come. Per decision, CPU µs measured in this run from the first attempt published to the last "
+        "decision (the worker's start-up excluded): the producer (this process), the broker (attempts in and "
+        "out, decisions in), the worker and Redis (psutil), and the stock script's own time from Redis's "
+        "`INFO commandstats` (`usec` of evalsha/fcall). The box has "
         f"{cores} × 1,000,000 µs of CPU per second; the worker (one event loop) and Redis (one thread) can "
         "use one core each. The limit is the smallest of those bounds.",
         "",
@@ -591,11 +600,12 @@ def _limit_lines(lim: dict[str, Any], cores: int) -> list[str]:
                 "script µs/decision",
                 "limit /s",
                 "set by",
-                "measured /s",
+                "limit without the producer (a backlog's drain) /s",
+                "published and decided /s",
                 "measured/limit",
             ),
             rows,
-            "l" + "r" * 11 + "lrr",
+            "l" + "r" * 10 + "lrrr",
         ),
     ]
     for s in lim["shapes"]:

@@ -27,8 +27,16 @@ def test_bad_connection_list_is_a_clear_error(capsys: pytest.CaptureFixture[str]
 
 
 def _stock(**over: int) -> dict[str, object]:
-    s: dict[str, object] = {"allotted": 10, "available": 4, "reserved": 5, "sold": 1, "attempts": 6,
-                            "order_records": 3, "oversold": 0, "balanced": True}
+    s: dict[str, object] = {
+        "allotted": 10,
+        "available": 4,
+        "reserved": 5,
+        "sold": 1,
+        "attempts": 6,
+        "order_records": 3,
+        "oversold": 0,
+        "balanced": True,
+    }
     s.update(over)
     return s
 
@@ -85,8 +93,14 @@ def test_target_verdict_says_met_or_missed_and_by_how_much() -> None:
 
 
 def _measured(worker: float, redis: float) -> dict[str, float]:
-    return {"producer_us_per_attempt": 4.0, "broker_in_us_per_attempt": 1.0, "worker_us_per_decision": worker,
-            "broker_us_per_decision": 5.0, "redis_us_per_decision": redis, "decisions_per_s": 5000.0}
+    return {
+        "producer_us_per_attempt": 4.0,
+        "broker_in_us_per_attempt": 1.0,
+        "worker_us_per_decision": worker,
+        "broker_us_per_decision": 6.0,
+        "redis_us_per_decision": redis,
+        "decisions_per_s": 5000.0,
+    }
 
 
 def test_limit_is_the_smallest_bound_and_names_it() -> None:
@@ -95,7 +109,7 @@ def test_limit_is_the_smallest_bound_and_names_it() -> None:
     e = estimate(_measured(worker=10.0, redis=15.0), cores=2)
     assert e["limited_by"] == "the cores" and e["limit_per_s"] == round(2e6 / 35.0)
     e = estimate(_measured(worker=5.0, redis=200.0), cores=8)
-    assert e["limited_by"] == "the redis (one core)"
+    assert e["limited_by"] == "the Redis (one core)" and e["because"].startswith("the Redis needs 200.0 µs")
 
 
 def test_bottleneck_names_the_process_at_its_limit_or_none() -> None:
