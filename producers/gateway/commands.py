@@ -283,8 +283,13 @@ async def _settle(request: web.Request, command: str) -> web.Response:
     data: dict[str, Any] = {"order_id": order_id, "sale_id": sale_id, "sku": rec.sku or sale.get("sku", "")}
     if command == "pay" and "amount" in body:
         data["amount"] = body["amount"]
+    # The payment keeps the order's attribution (the counters credit payers, GMV and the distributor's
+    # leaderboard to the envelope's channel and referrer): a payment service knows neither.
     obj = {"type": type_, "v": 1, "event_id": command_event_id(type_, sale_id, order_id), "ts": _now_ms(),
-           "room_id": sale.get("room_id") or "", "user_id": rec.user_id, "channel": "other", "data": data}
+           "room_id": sale.get("room_id") or "", "user_id": rec.user_id, "channel": rec.channel or "other",
+           "data": data}
+    if rec.referrer_id:
+        obj["referrer_id"] = rec.referrer_id
     prepared = _validated(obj, [])
     await _publish(state, prepared, f"{type_} for order {order_id}")
 
