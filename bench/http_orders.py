@@ -344,6 +344,7 @@ def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "goal": 6000.0,
                 "unit": "req/s",
                 "higher_is_better": True,
+                "connections": 1000,
             }
         )
         out.append(
@@ -353,6 +354,7 @@ def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "goal": 150.0,
                 "unit": "ms",
                 "higher_is_better": False,
+                "connections": 1000,
             }
         )
         out.append(
@@ -362,6 +364,7 @@ def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "goal": 0.0,
                 "unit": "answers",
                 "higher_is_better": False,
+                "connections": 1000,
             }
         )
     for (kind, c), r in by.items():
@@ -374,6 +377,7 @@ def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "goal": 85.0,
                     "unit": "%",
                     "higher_is_better": True,
+                    "connections": c,
                 }
             )
     return out

@@ -53,9 +53,9 @@ LABEL = {"worker": "worker", "redis": "Redis"}
 
 @dataclass(frozen=True)
 class Options:
-    batched_attempts: int = 200_000
+    batched_attempts: int = 100_000
     per_record: int = 500
-    single_attempts: int = 20_000
+    single_attempts: int = 10_000
     timeout_s: float = 120.0
 
 

@@ -87,7 +87,14 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(
-        target: str, figure: Any, goal: float, unit: str, higher: bool, reference: str, measured: bool = True
+        target: str,
+        figure: Any,
+        goal: float,
+        unit: str,
+        higher: bool,
+        reference: str,
+        measured: bool = True,
+        run: dict[str, Any] | None = None,
     ) -> None:
         out.append(
             {
@@ -97,6 +104,8 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 "unit": unit,
                 "higher_is_better": higher,
                 "reference": reference,
+                "processes": (run or {}).get("processes"),
+                "box_cpu": (run or {}).get("box_cpu"),
             }
         )
 
@@ -114,6 +123,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             True,
             f"batched drain {_f(batched)}/s",
             ok,
+            got,
         )
         add(
             "one event per record: <= 20 µs worker CPU per decision",
@@ -123,6 +133,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             False,
             "batched: " + _f(_limit_shape(r, "batched", "worker_us_per_decision"), 1) + " µs (limit run)",
             ok,
+            got,
         )
     if "stock" in r:
         add(
@@ -133,6 +144,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             True,
             f"plain aiokafka loop {_f(plain)}/s",
             batched is not None,
+            stock["sustained"] if _ok(stock) else None,
         )
         step = next((s for s in stock["rates"] if float(s["target_rate"]) == 5000), None) if _ok(stock) else None
         add(
@@ -143,13 +155,17 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             False,
             f"p50 {_f(step['p50_ms'])} ms" if step else "",
             step is not None,
+            step,
         )
-    http = r.get("http")
+    http: dict[str, Any] = r["http"] if _ok(r.get("http")) else {}
     if "http" in r:
-        minimal = {x["connections"]: x for x in http.get("runs", []) if x["kind"] == "minimal"} if _ok(http) else {}
-        for t in http.get("targets", []) if _ok(http) else []:
+        minimal = {x["connections"]: x for x in http.get("runs", []) if x["kind"] == "minimal"}
+        for t in http.get("targets", []):
             c = int(t["connections"])
             ref_rate = minimal.get(c, {}).get("req_per_s")
+            kind = "sold_out" if t["target"].startswith("sold-out") else "decisions"
+            best = [x for x in http.get("runs", []) if x["kind"] == kind and x["connections"] == c]
+            source = max(best, key=lambda x: x["req_per_s"]) if best else None
             add(
                 t["target"],
                 t["figure"],
@@ -157,8 +173,9 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 t["unit"],
                 t["higher_is_better"],
                 f"minimal aiohttp handler {_f(ref_rate)} req/s at {c:,} connections",
+                run=source,
             )
-        if not _ok(http):
+        if not http:
             add("HTTP orders with decisions at 1,000 connections: >= 6,000 req/s", None, 6000, "req/s", True, "", False)
     metrics = r.get("metrics")
     if "metrics" in r:
@@ -170,14 +187,17 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             )
         drain = (metrics.get("backlog") or {}) if _ok(metrics) else {}
         reference = f"backlog drain {_f(drain.get('events_per_s'))}/s"
+        if run and not run["kept_up"]:
+            reference += f"; this step fell behind: drained {run['drain_after_send_s']} s after the send"
         add(
-            "counters: >= 50,000 engagement events/s applied (kept up)",
-            run["applied_rate"] if run and run["kept_up"] else (0.0 if run else None),
+            "counters: >= 50,000 engagement events/s applied and kept up",
+            run["applied_rate"] if run else None,
             50_000,
             "events/s",
             True,
             reference,
             run is not None,
+            run,
         )
         add(
             "counters at 50,000 events/s: p99 event→Redis <= 100 ms",
@@ -187,13 +207,30 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             False,
             f"outside probe p99 {_f(run['probe_latency_ms']['p99'], 1)} ms" if run else "",
             run is not None and run["latency_ms"]["p99"] is not None,
+            run,
         )
     for t in out:
         if t["figure"] is None:
             t["verdict"], t["by"] = "not measured", ""
         else:
             t["verdict"], t["by"] = _gap(float(t["figure"]), float(t["goal"]), bool(t["higher_is_better"]))
+            if "kept up" in t["target"] and "fell behind" in t["reference"]:
+                t["verdict"] = "missed"
     return out
+
+
+def close_hint(limit: str) -> str:
+    """What would close a gap, from what limits the figure."""
+    if " is at its limit" in limit:
+        who = limit.split(" is at its limit")[0].removeprefix("the ")
+        if who.startswith("Redis"):
+            return "less Redis work per decision (fewer, larger script calls; less per order in the script)"
+        return f"less CPU per event in the {who}, or more {who} processes on more cores"
+    if limit.startswith("the ") and "cores are full" in limit:
+        return "less CPU per decision in the parts (see the physical limit), or more cores"
+    if limit.startswith("no process"):
+        return "shorter waits in the cycle (overlapping fetch, Lua, produce, ack), or more work in flight"
+    return ""
 
 
 def _limit_shape(r: dict[str, Any], shape: str, key: str) -> Any:
@@ -619,6 +656,9 @@ def _limit_lines(lim: dict[str, Any], cores: int) -> list[str]:
 
 
 def _targets_lines(r: dict[str, Any]) -> list[str]:
+    cores = int(r["machine"]["cores"])
+    found = targets(r)
+    limits = [limit_of(t["processes"], cores, t.get("box_cpu")) if t.get("processes") else "" for t in found]
     rows = [
         (
             t["target"],
@@ -627,8 +667,10 @@ def _targets_lines(r: dict[str, Any]) -> list[str]:
             t["verdict"],
             t["by"],
             t["reference"],
+            lim.split(" (")[0],
+            close_hint(lim) if t["verdict"] == "missed" else "",
         )
-        for t in targets(r)
+        for t, lim in zip(found, limits, strict=True)
     ]
     if not rows:
         return []
@@ -636,7 +678,23 @@ def _targets_lines(r: dict[str, Any]) -> list[str]:
         "",
         "## Issue 14 targets on this box",
         "",
-        *table(("target", "this run", "goal", "verdict", "by", "reference in the same run"), rows, "lrrlll"),
+        "Each target's figure, its reference measured in the same run, what limits the figure (from the CPU of "
+        "the processes in that measurement; details under Bottleneck) and, where missed, what would close it.",
+        "",
+        *table(
+            (
+                "target",
+                "this run",
+                "goal",
+                "verdict",
+                "by",
+                "reference in the same run",
+                "limited by",
+                "what would close it",
+            ),
+            rows,
+            "lrrlllll",
+        ),
     ]
 
 

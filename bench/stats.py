@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,7 +56,9 @@ class ProcSampler:
         for name, pid in self.pids.items():
             try:
                 proc = psutil.Process(pid)
-                self._procs[name] = tree = [proc, *proc.children(recursive=True)]
+                # this process's children are the stack itself: its own row is this process alone
+                kids = proc.children(recursive=True) if pid != os.getpid() else []
+                self._procs[name] = tree = [proc, *kids]
                 self._cpu0[name] = sum(_cpu_s(p) for p in tree)
             except psutil.Error:
                 continue
