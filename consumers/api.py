@@ -1,4 +1,5 @@
-"""The JSON read API over the read model: rooms, room snapshot, sale view, funnel; room-scoped by token."""
+"""The JSON read API over the read model: rooms, room snapshot, sale view, funnel, distributors' commission
+ledgers; room-scoped (or distributor-scoped) by token."""
 
 from __future__ import annotations
 
@@ -98,13 +99,40 @@ async def funnel(request: web.Request) -> web.Response:
     return _json(await readmodel.room_funnel(redis, room_id, channel, _now_ms(), sku))
 
 
+async def distributors(request: web.Request) -> web.Response:
+    """GET /api/rooms/{room_id}/distributors: every distributor of the room (host and room tokens)."""
+    room_id = _id(request, "room_id")
+    if room_id is None:
+        return _error(400, "bad room id")
+    if (refused := access.refusal(request, room_id)) is not None:
+        return refused
+    redis = request.app["redis"]
+    if not await readmodel.room_exists(redis, room_id):
+        return _error(404, f"unknown room {room_id!r}")
+    return _json({"room_id": room_id, "distributors": await readmodel.distributor_list(redis, room_id)})
+
+
+async def ledger(request: web.Request) -> web.Response:
+    """GET /api/rooms/{room_id}/distributors/{distributor_id}/ledger: one distributor's commission ledger;
+    its own distributor token, the room's token or a host token (any other: 403, before any lookup)."""
+    room_id, distributor_id = _id(request, "room_id"), _id(request, "distributor_id")
+    if room_id is None or distributor_id is None:
+        return _error(400, "bad room or distributor id")
+    if (refused := access.ledger_refusal(request, room_id, distributor_id)) is not None:
+        return refused
+    redis = request.app["redis"]
+    if not await readmodel.room_exists(redis, room_id):
+        return _error(404, f"unknown room {room_id!r}")
+    return _json(await readmodel.distributor_ledger(redis, room_id, distributor_id))
+
+
 async def whoami(request: web.Request) -> web.Response:
     """What the presented token opens (the page asks when its stream is refused)."""
     grant = request.get(access.GRANT)
     if grant is None:
         return access.json_refusal(access.Refused(401, "a dashboard token is required"))
     return _json({"room_id": grant.room_id, "all_rooms": grant.room_id is None,
-                  "expires_at_ms": grant.expires_at * 1000})
+                  "distributor_id": grant.distributor_id, "expires_at_ms": grant.expires_at * 1000})
 
 
 async def openapi_view(request: web.Request) -> web.Response:
@@ -130,6 +158,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def add_api_routes(app: web.Application) -> None:
     """GET /api/rooms, /api/rooms/{room_id}/snapshot, /api/sales/{sale_id}, /api/rooms/{room_id}/funnel,
+    /api/rooms/{room_id}/distributors, /api/rooms/{room_id}/distributors/{distributor_id}/ledger,
     /api/access, and /openapi.json (open), with JSON answers for unknown /api paths and wrong methods.
     Every /api answer needs the grant ``consumers.access.middleware`` leaves on the request: an app
     that mounts these routes without it answers 401 to everything."""
@@ -140,3 +169,5 @@ def add_api_routes(app: web.Application) -> None:
     app.router.add_get("/api/rooms/{room_id}/snapshot", snapshot)
     app.router.add_get("/api/sales/{sale_id}", sale)
     app.router.add_get("/api/rooms/{room_id}/funnel", funnel)
+    app.router.add_get("/api/rooms/{room_id}/distributors", distributors)
+    app.router.add_get("/api/rooms/{room_id}/distributors/{distributor_id}/ledger", ledger)

@@ -18,7 +18,9 @@ PATH: Final = oa.DOCS_DIR / "read-api.json"
 MAX_ROOMS: Final = 500  # the room list's largest limit (consumers.api checks it)
 AUTH: Final[list[dict[str, list[str]]]] = [{"bearer": []}, {"link": []}]
 ROOM_TOTALS: Final = ("joins", "leaves", "likes", "comments", "shares", "clicks", "adds", "add_units", "removes",
-                      "events", "orders", "paid", "gmv", "peak")
+                      "events", "orders", "paid", "gmv", "peak", "refunds", "refunded_gmv")
+LEDGER_TOTALS: Final = ("orders", "paid_gmv", "commission_earned", "refunds", "refunded_gmv", "commission_clawed_back",
+                        "commission_net", "net_gmv")
 
 INT: Final[oa.Schema] = {"type": "integer"}
 NUM: Final[oa.Schema] = {"type": "number"}
@@ -42,8 +44,22 @@ def _schemas() -> dict[str, oa.Schema]:
     stages = {"type": "array", "items": stage}
     money = {"orders": INT, "paid_orders": INT, "gmv": INT, "aov": NUM_OR_NULL}  # ratios: null when 0/0
     return {
-        "Access": _obj({"room_id": STR_OR_NULL, "all_rooms": {"type": "boolean"}, "expires_at_ms": INT},
-                       "What the token opens (room_id null: every room)."),
+        "Access": _obj({"room_id": STR_OR_NULL, "all_rooms": {"type": "boolean"}, "distributor_id": STR_OR_NULL,
+                        "expires_at_ms": INT},
+                       "What the token opens (room_id null: every room; distributor_id: that distributor's "
+                       "ledger in room_id only)."),
+        "Distributors": _obj({"room_id": {"type": "string"}, "distributors": {"type": "array", "items": _obj(
+            {"distributor_id": {"type": "string"}, **{k: INT for k in LEDGER_TOTALS}})}},
+            "Every distributor (referrer of share_link orders) of the room with its commission totals, highest "
+            "net commission first. Money in integer minor units; commission = floor(amount x bps / 10000)."),
+        "Ledger": _obj({
+            "room_id": {"type": "string"}, "distributor_id": {"type": "string"}, **{k: INT for k in LEDGER_TOTALS},
+            "entries": {"type": "array", "items": _obj({
+                "sale_id": {"type": "string"}, "order_id": {"type": "string"}, "amount": INT, "bps": INT,
+                "commission": INT, "clawed_back": INT, "net": INT, "paid_at": INT, "refunded_at": INT_OR_NULL})},
+            "entries_total": INT},
+            "One distributor's commission ledger in a room: totals and one entry per paid order (newest first, "
+            "at most 1000): accrued on payment, clawed back in full on refund."),
         "Rooms": _obj({"rooms": {"type": "array", "items": _obj(
             {"room_id": {"type": "string"}, "last_event_ms": INT, "viewers_online": INT})}}),
         "Sale": _obj({"sale_id": {"type": "string"}, "sku": STR_OR_NULL, "room_id": STR_OR_NULL,
@@ -52,9 +68,12 @@ def _schemas() -> dict[str, oa.Schema]:
                       "rejected": _obj({r: INT for r in REJECT_REASONS}), "attempts_per_s": rates,
                       "accepted_per_s": rates, "opened_at": INT_OR_NULL, "sold_out_at": INT_OR_NULL,
                       "seconds_to_sell_out": NUM_OR_NULL, "sell_through": NUM_OR_NULL,
-                      "projected_sell_out_at": INT_OR_NULL, "paid": INT, "gmv": INT, "as_of_ms": INT},
-                     "One flash sale: the stock core's stock (allotted = available + reserved + sold), "
-                     "outcomes, rates and sell-out timing."),
+                      "projected_sell_out_at": INT_OR_NULL, "paid": INT, "gmv": INT, "refunds": INT,
+                      "refunded_gmv": INT, "refunded": INT, "restocked": INT, "commission_bps": INT,
+                      "head_commission_bps": INT, "as_of_ms": INT},
+                     "One flash sale: the stock core's stock (allotted = available + reserved + sold + refunded, "
+                     "refunded = units refunded without restock), outcomes (paid and gmv net of refunds), rates "
+                     "and sell-out timing."),
         "Snapshot": _obj({
             "room_id": {"type": "string"}, "viewers_online": INT, "viewers_peak": INT, "unique_viewers": INT,
             **{k: NUM for k in ("likes_per_s", "comments_per_s", "shares_per_s", "cart_adds_per_s",
@@ -64,7 +83,7 @@ def _schemas() -> dict[str, oa.Schema]:
             "series": _obj({"viewers": series, "likes_per_s": series, "orders_per_s": series}),
             "sales": {"type": "array", "items": oa.ref("Sale")},
             "leaderboard": {"type": "array", "items": _obj({"referrer_id": {"type": "string"}, "orders": INT,
-                                                            "gmv": INT})},
+                                                            "gmv": INT, "commission": INT})},
             "spikes": {"type": "array", "items": {"type": "object"}},
             "as_of_ms": INT}, "Everything the host's dashboard shows for one room."),
         "Funnel": _obj({
@@ -81,7 +100,8 @@ def _schemas() -> dict[str, oa.Schema]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "a bad id or query parameter", 401: "no, a malformed, forged or expired token",
-            403: "a room (or sale, or the room list) the token does not open", 404: "nothing in Redis for it"}
+            403: "a room (or sale, ledger, or the room list) the token does not open",
+            404: "nothing in Redis for it"}
     out: dict[str, Any] = {}
     for code in codes:
         headers = {"WWW-Authenticate": oa.header('Bearer realm="flashsale-dashboard"')} if code == 401 else None
@@ -123,6 +143,14 @@ def _paths() -> dict[str, Any]:
              "description": "all (or empty): every channel"},
             {"name": "sku", "in": "query", "required": False,
              "schema": {"type": "string", "maxLength": MAX_ID_LEN}, "description": "one SKU's stages (empty: all)"}]),
+        "/api/rooms/{room_id}/distributors": _get(
+            "A room's distributors and their commission", "distributors", "Distributors", (400, 401, 403, 404),
+            [room], "Host and room tokens; a distributor's token is 403."),
+        "/api/rooms/{room_id}/distributors/{distributor_id}/ledger": _get(
+            "One distributor's commission ledger", "ledger", "Ledger", (400, 401, 403, 404),
+            [room, _id("distributor_id", "the distributor (referrer_id)")],
+            "A distributor's token opens its own ledger only (403 for any other distributor or room); the room's "
+            "token and host tokens open every distributor of the room."),
         "/openapi.json": {"get": {"summary": "This description", "operationId": "openapi", "security": [],
                                   "responses": {"200": oa.answer("OpenAPI 3.1", {"type": "object"})}}},
     }

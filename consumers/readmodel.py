@@ -16,6 +16,12 @@ import orjson
 from kernel.redis import queue_pfcount
 from schemas import keys
 from schemas.events import CHANNELS, REJECT_REASONS
+from schemas.order_record import (
+    DistributorTotals,
+    OrderRecordError,
+    parse_distributor_totals,
+    parse_ledger_entry,
+)
 
 SERIES_S: Final = 300
 RATE_S: Final = 10
@@ -28,7 +34,8 @@ JUST_SOLD_OUT_MS: Final = 10 * 60_000
 PHASES: Final = ("upcoming", "live", "sold_out", "back_in_stock", "closed")
 GROUPS: Final = ("now", "upcoming", "earlier")  # pinned first, then the countdowns, then "earlier in this stream"
 ROOM_COUNTERS: Final = ("joins", "leaves", "likes", "comments", "shares", "clicks", "adds", "add_units", "removes",
-                        "events", "orders", "paid", "gmv", "peak")
+                        "events", "orders", "paid", "gmv", "peak", "refunds", "refunded_gmv")
+LEDGER_ENTRIES_N: Final = 1000  # a distributor's ledger lists its newest entries, at most this many
 
 
 def _s(v: Any) -> str:
@@ -168,7 +175,78 @@ async def _spikes(redis: Any, bases: list[str], limit: int) -> list[dict[str, An
     return out[:limit]
 
 
-async def _leaderboard(redis: Any, room_id: str, n: int) -> list[dict[str, Any]]:
+def totals_view(t: DistributorTotals) -> dict[str, int]:
+    return {"orders": t.orders, "paid_gmv": t.paid_gmv, "commission_earned": t.earned, "refunds": t.refunds,
+            "refunded_gmv": t.refunded_gmv, "commission_clawed_back": t.clawed_back, "commission_net": t.net,
+            "net_gmv": t.paid_gmv - t.refunded_gmv}
+
+
+async def _room_sale_ids(redis: Any, room_id: str) -> list[str]:
+    return sorted(_s(x) for x in await redis.smembers(keys.room_sales(room_id)))
+
+
+async def room_distributors(redis: Any, room_id: str, sale_ids: list[str] | None = None
+                            ) -> dict[str, DistributorTotals]:
+    """Each distributor's commission totals over the room's sales (the stock core's ledger, per sale)."""
+    sales = await _room_sale_ids(redis, room_id) if sale_ids is None else sale_ids
+    if not sales:
+        return {}
+    pipe = redis.pipeline(transaction=False)
+    for sid in sales:
+        pipe.hgetall(keys.sale_distributors(sid))
+    out: dict[str, DistributorTotals] = {}
+    for raw in await pipe.execute():
+        for k, v in raw.items():
+            try:
+                t = parse_distributor_totals(v)
+            except OrderRecordError:
+                continue
+            d = _s(k)
+            out[d] = out[d] + t if d in out else t
+    return out
+
+
+async def distributor_list(redis: Any, room_id: str) -> list[dict[str, Any]]:
+    """Every distributor of the room with its totals, highest net commission first."""
+    found = await room_distributors(redis, room_id)
+    order = sorted(found, key=lambda d: (-found[d].net, -found[d].paid_gmv, d))
+    return [{"distributor_id": d, **totals_view(found[d])} for d in order]
+
+
+async def distributor_ledger(redis: Any, room_id: str, distributor_id: str) -> dict[str, Any]:
+    """One distributor's ledger in a room: totals and its entries (newest payment first)."""
+    sales = await _room_sale_ids(redis, room_id)
+    entries: list[dict[str, Any]] = []
+    total = DistributorTotals()
+    if sales:
+        pipe = redis.pipeline(transaction=False)
+        for sid in sales:
+            pipe.hget(keys.sale_distributors(sid), distributor_id)
+            pipe.hgetall(keys.sale_ledger(sid))
+        res = await pipe.execute()
+        for i, sid in enumerate(sales):
+            raw_t, raw_l = res[2 * i], res[2 * i + 1]
+            if raw_t is not None:
+                try:
+                    total = total + parse_distributor_totals(raw_t)
+                except OrderRecordError:
+                    pass
+            for oid, raw in raw_l.items():
+                try:
+                    e = parse_ledger_entry(raw)
+                except OrderRecordError:
+                    continue
+                if e.distributor != distributor_id:
+                    continue
+                entries.append({"sale_id": sid, "order_id": _s(oid), "amount": e.amount, "bps": e.bps,
+                                "commission": e.commission, "clawed_back": e.clawed_back, "net": e.net,
+                                "paid_at": e.paid_at, "refunded_at": e.refunded_at})
+    entries.sort(key=lambda e: (-e["paid_at"], e["sale_id"], e["order_id"]))
+    return {"room_id": room_id, "distributor_id": distributor_id, **totals_view(total),
+            "entries": entries[:LEDGER_ENTRIES_N], "entries_total": len(entries)}
+
+
+async def _leaderboard(redis: Any, room_id: str, n: int, sale_ids: list[str] | None = None) -> list[dict[str, Any]]:
     pipe = redis.pipeline(transaction=False)
     pipe.zrevrange(keys.room_ref_gmv(room_id), 0, n - 1, withscores=True)
     pipe.zrevrange(keys.room_ref_orders(room_id), 0, n - 1, withscores=True)
@@ -182,7 +260,10 @@ async def _leaderboard(redis: Any, room_id: str, n: int) -> list[dict[str, Any]]
     gmvs, orders = await pipe.execute()
     ranked = sorted(((int(g or 0), int(o or 0), r) for r, g, o in zip(refs, gmvs, orders, strict=False)),
                     key=lambda x: (-x[0], -x[1], x[2]))
-    return [{"referrer_id": r, "orders": o, "gmv": g} for g, o, r in ranked[:n]]
+    # commission next to GMV: the net commission of the stock core's ledger (0 without a commission rule)
+    ledger = await room_distributors(redis, room_id, sale_ids)
+    return [{"referrer_id": r, "orders": o, "gmv": g,
+             "commission": ledger[r].net if r in ledger else 0} for g, o, r in ranked[:n]]
 
 
 async def room_snapshot(redis: Any, room_id: str, now_ms: int) -> dict[str, Any] | None:
@@ -252,7 +333,7 @@ async def room_snapshot(redis: Any, room_id: str, now_ms: int) -> dict[str, Any]
             "orders_per_s": [[sec * 1000, _packed(v, 0)] for sec, v in zip(secs, orders, strict=False)],
         },
         "sales": order_sales(views),
-        "leaderboard": await _leaderboard(redis, room_id, LEADERBOARD_N),
+        "leaderboard": await _leaderboard(redis, room_id, LEADERBOARD_N, sales),
         "spikes": spikes,
         "as_of_ms": as_of,
     }
@@ -317,8 +398,14 @@ async def sale_view(redis: Any, sale_id: str, now_ms: int) -> dict[str, Any] | N
         "seconds_to_sell_out": round((sold_out_at - opened_at) / 1000, 3) if sold_out_at and opened_at else None,
         "sell_through": _ratio(sold, allotted),
         "projected_sell_out_at": projected,
-        "paid": _i(s.get("paid")),
+        "paid": _i(s.get("paid")),  # net of refunds, like gmv
         "gmv": _i(s.get("gmv")),
+        "refunds": _i(s.get("refunds")),
+        "refunded_gmv": _i(s.get("refunded_gmv")),
+        "refunded": _i(s.get("refunded")),  # units refunded without restock (allotted = available + reserved +
+        "restocked": _i(s.get("restocked")),  # sold + refunded); units refunded back on sale
+        "commission_bps": _i(s.get("commission_bps")),
+        "head_commission_bps": _i(s.get("head_commission_bps")),
         "as_of_ms": as_of,
     }
 

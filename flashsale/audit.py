@@ -1,4 +1,5 @@
-"""``flashsale audit``: recompute every sale from the Kafka log and compare with Redis.
+"""``flashsale audit``: recompute every sale (stock, refunds, the commission ledger) from the Kafka log and
+compare with Redis.
 
 The cut: Redis is read first, each sale in one MULTI (sale hash, orders, deadlines, outbox), then the
 end offsets of the orders, decisions and dead-letter topics are fixed, then each topic is read from
@@ -30,7 +31,15 @@ from kernel.settings import ConfigError, redact_url
 from schemas import keys as rk
 from schemas.codec import DEFAULT_MAX_RECORD_BYTES, decode_record
 from schemas.events import Event
-from schemas.order_record import OrderRecord, parse_order_record
+from schemas.order_record import (
+    DistributorTotals,
+    LedgerEntry,
+    OrderRecord,
+    commission,
+    parse_distributor_totals,
+    parse_ledger_entry,
+    parse_order_record,
+)
 from schemas.topics import TopicNames
 
 
@@ -46,7 +55,11 @@ class SaleLog:
     rejected: set[str] = field(default_factory=set)
     expired: set[str] = field(default_factory=set)
     paid: set[str] = field(default_factory=set)
+    refunded: set[str] = field(default_factory=set)  # orders with an order.refunded in the log
     sold_out_events: int = 0
+    # the commission rule each order was paid under: order id → (distributor, bps) of share_link orders,
+    # from the owner's first order.paid after its placement and the sale.opened rule in force then
+    commission_rule: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def attempts(self) -> int:
@@ -69,6 +82,8 @@ class SaleSnapshot:
     orders: dict[str, OrderRecord]
     deadlines: int = 0
     outbox: int = 0
+    ledger: dict[str, LedgerEntry] = field(default_factory=dict)
+    distributors: dict[str, DistributorTotals] = field(default_factory=dict)
 
 
 class Unreadable(RuntimeError):
@@ -169,6 +184,8 @@ def dead_lettered(letters: Iterable[dict[str, Any]]) -> set[str]:
 def fold(inputs: Iterable[Event], outputs: Iterable[Event], skipped: set[str] | frozenset[str] = frozenset()
          ) -> dict[str, SaleLog]:
     sales: dict[str, SaleLog] = defaultdict(SaleLog)
+    bps: dict[str, int] = defaultdict(int)  # sale → its commission rule so far in the log
+    owner: dict[tuple[str, str], tuple[str, str | None]] = {}  # (sale, order) → (user, distributor)
     for e in inputs:
         sale_id = getattr(e.data, "sale_id", None)
         if sale_id is None or e.event_id in skipped:
@@ -178,10 +195,20 @@ def fold(inputs: Iterable[Event], outputs: Iterable[Event], skipped: set[str] | 
             order_id = e.data.order_id  # type: ignore[attr-defined]
             s.events_by_order[order_id].add((e.event_id, e.user_id))
             s.first_event.setdefault(order_id, e.event_id)
+            dist = e.referrer_id if e.channel == "share_link" and e.referrer_id else None
+            owner.setdefault((sale_id, order_id), (e.user_id, dist))
         elif e.type == "sale.opened":
             s.opened = True
+            if e.data.commission_bps is not None:  # type: ignore[attr-defined]
+                bps[sale_id] = e.data.commission_bps  # type: ignore[attr-defined]
         elif e.type == "order.paid":
-            s.paid.add(e.data.order_id)  # type: ignore[attr-defined]
+            order_id = e.data.order_id  # type: ignore[attr-defined]
+            s.paid.add(order_id)
+            who = owner.get((sale_id, order_id))
+            if who is not None and who[0] == e.user_id and who[1] is not None:
+                s.commission_rule.setdefault(order_id, (who[1], bps[sale_id]))
+        elif e.type == "order.refunded":
+            s.refunded.add(e.data.order_id)  # type: ignore[attr-defined]
     for e in outputs:
         sale_id = getattr(e.data, "sale_id", None)
         if sale_id is None:
@@ -198,15 +225,51 @@ def fold(inputs: Iterable[Event], outputs: Iterable[Event], skipped: set[str] | 
     return sales
 
 
+def check_ledger(log: SaleLog, orders: dict[str, OrderRecord], ledger: dict[str, LedgerEntry],
+                 distributors: dict[str, DistributorTotals]) -> list[str]:
+    """The commission ledger recomputed from the log (the rule in force at each order's payment) and the
+    orders Redis sold, against the ledger and the distributors' totals in Redis."""
+    problems: list[str] = []
+    expected: dict[str, LedgerEntry] = {}
+    for oid, rec in orders.items():
+        if rec.state not in ("sold", "refunded") or oid not in log.commission_rule:
+            continue
+        dist, rate = log.commission_rule[oid]
+        amount = rec.qty * rec.unit_price
+        c = commission(amount, rate)
+        expected[oid] = LedgerEntry(distributor=dist, amount=amount, bps=rate, commission=c,
+                                    clawed_back=c if rec.state == "refunded" else 0)
+    def key(e: LedgerEntry | None) -> tuple[str, int, int, int, int] | None:
+        return None if e is None else (e.distributor, e.amount, e.bps, e.commission, e.clawed_back)
+
+    wrong = sorted(o for o in set(expected) | set(ledger) if key(expected.get(o)) != key(ledger.get(o)))
+    if wrong:
+        o = wrong[0]
+        problems.append(f"ledger: {len(wrong)} entries differ from a recount, e.g. {o}: log "
+                        f"{key(expected.get(o))} != redis {key(ledger.get(o))}")
+    sums: dict[str, DistributorTotals] = {}
+    for e in ledger.values():
+        t = DistributorTotals(orders=1, paid_gmv=e.amount, earned=e.commission, refunds=1 if e.refunded_at else 0,
+                              refunded_gmv=e.amount if e.refunded_at else 0, clawed_back=e.clawed_back)
+        sums[e.distributor] = sums[e.distributor] + t if e.distributor in sums else t
+    if sums != distributors:
+        bad = sorted(d for d in set(sums) | set(distributors) if sums.get(d) != distributors.get(d))
+        problems.append(f"ledger: totals of {len(bad)} distributors != the sum of their entries, e.g. {bad[:3]}")
+    return problems
+
+
 def check(sale_id: str, log: SaleLog, sale: dict[str, str], orders: dict[str, OrderRecord],
-          limit_by_user: dict[str, int], in_flight: list[str] | None = None) -> SaleAudit:
+          limit_by_user: dict[str, int], in_flight: list[str] | None = None,
+          ledger: dict[str, LedgerEntry] | None = None,
+          distributors: dict[str, DistributorTotals] | None = None) -> SaleAudit:
     """Compare one sale. ``in_flight``: why the sale is not settled (live mode; None = strict). The checks
     that must hold at every moment (Redis read before the log) are always differences; the ones that
     depend on timing are differences for a settled sale and in-flight notes for one in flight."""
     problems: list[str] = []
     lag: list[str] = []  # timing-dependent
     n = {k: int(sale.get(k, "0") or 0) for k in ("allotted", "available", "reserved", "sold", "attempts",
-                                                  "accepted", "per_user_limit", "expired", "cancelled")}
+                                                  "accepted", "per_user_limit", "expired", "cancelled",
+                                                  "refunded")}
     if not sale:
         # Never "oversold" for a sale that is not there: nothing to compare its stock with.
         (lag if in_flight else problems).append(
@@ -215,8 +278,8 @@ def check(sale_id: str, log: SaleLog, sale: dict[str, str], orders: dict[str, Or
                "attempts": f"{log.attempts}/-", "accepted": f"{len(log.accepted)}/-", "expired": "-",
                "status": "IN FLIGHT" if in_flight and not problems else "MISSING"}
         return SaleAudit(sale_id, row, problems, [*(in_flight or []), *lag] if not problems else [])
-    if n["allotted"] != n["available"] + n["reserved"] + n["sold"]:
-        problems.append("allotted != available + reserved + sold")
+    if n["allotted"] != n["available"] + n["reserved"] + n["sold"] + n["refunded"]:
+        problems.append("allotted != available + reserved + sold + refunded")
     if n["available"] < 0 or n["reserved"] < 0 or n["sold"] > n["allotted"]:
         problems.append("oversold")
     unanswered = set(log.events_by_order) - set(log.accepted) - log.rejected
@@ -242,13 +305,20 @@ def check(sale_id: str, log: SaleLog, sale: dict[str, str], orders: dict[str, Or
     by_state: dict[str, int] = defaultdict(int)
     for r in redis_accepted.values():
         by_state[r.state] += r.qty
-    if by_state["reserved"] != n["reserved"] or by_state["sold"] != n["sold"]:
+    kept = sum(r.qty for r in redis_accepted.values() if r.state == "refunded" and not r.restocked)
+    if by_state["reserved"] != n["reserved"] or by_state["sold"] != n["sold"] or kept != n["refunded"]:
         problems.append(f"recount from orders: reserved {by_state['reserved']} sold {by_state['sold']} "
-                        f"!= sale hash reserved {n['reserved']} sold {n['sold']}")
+                        f"refunded {kept} != sale hash reserved {n['reserved']} sold {n['sold']} "
+                        f"refunded {n['refunded']}")
     sold = {o for o, r in redis_accepted.items() if r.state == "sold"}
-    unpaid = sold - log.paid
+    refunded = {o for o, r in redis_accepted.items() if r.state == "refunded"}
+    unpaid = (sold | refunded) - log.paid
     if unpaid:
         problems.append(f"{len(unpaid)} orders sold without an order.paid in the log, e.g. {sorted(unpaid)[:3]}")
+    unasked = refunded - log.refunded
+    if unasked:
+        problems.append(f"{len(unasked)} orders refunded without an order.refunded in the log, "
+                        f"e.g. {sorted(unasked)[:3]}")
     stuck = {o for o in log.paid & set(log.accepted) if o in redis_accepted and redis_accepted[o].state == "reserved"}
     if stuck:
         lag.append(f"{len(stuck)} paid orders still reserved (payment lost), e.g. {sorted(stuck)[:3]}")
@@ -264,6 +334,8 @@ def check(sale_id: str, log: SaleLog, sale: dict[str, str], orders: dict[str, Or
         lag.append(f"{len(missing)} released reservations without an order.expired event")
     if log.sold_out_events > 0 and "sold_out_at" not in sale:
         lag.append("sale.sold_out emitted but no sold_out_at in Redis")
+    if ledger is not None:
+        problems += check_ledger(log, orders, ledger, distributors or {})
     over = [u for u, q in limit_by_user.items() if q > n["per_user_limit"] > 0]
     if over:
         problems.append(f"{len(over)} users over the per-user limit")
@@ -345,7 +417,8 @@ async def audit(bootstrap: str, redis_url: str, prefix: str, cluster: bool = Fal
                 held[r.user_id] += r.qty
         reasons = None if settle_s is None else in_flight_reasons(
             snap if snap.sale else None, last.get(sale_id), now, int(settle_s * 1000))
-        results.append(check(sale_id, logs.get(sale_id, SaleLog()), snap.sale, snap.orders, held, reasons))
+        results.append(check(sale_id, logs.get(sale_id, SaleLog()), snap.sale, snap.orders, held, reasons,
+                             snap.ledger, snap.distributors))
     return results
 
 
@@ -357,9 +430,13 @@ async def snapshot(client: Any, sale_id: str, atomic: bool = True) -> SaleSnapsh
         pipe.hgetall(rk.sale_orders(sale_id))
         pipe.zcard(rk.sale_deadlines(sale_id))
         pipe.zcard(rk.sale_outbox(sale_id))
-        sale, orders, deadlines, outbox = await pipe.execute()
+        pipe.hgetall(rk.sale_ledger(sale_id))
+        pipe.hgetall(rk.sale_distributors(sale_id))
+        sale, orders, deadlines, outbox, ledger, dists = await pipe.execute()
     return SaleSnapshot({_s(k): _s(v) for k, v in sale.items()},
-                        {_s(k): parse_order_record(v) for k, v in orders.items()}, int(deadlines), int(outbox))
+                        {_s(k): parse_order_record(v) for k, v in orders.items()}, int(deadlines), int(outbox),
+                        {_s(k): parse_ledger_entry(v) for k, v in ledger.items()},
+                        {_s(k): parse_distributor_totals(v) for k, v in dists.items()})
 
 
 def _s(value: bytes | str) -> str:

@@ -42,6 +42,7 @@ Money: TypeAlias = Annotated[int, Meta(ge=0, le=MAX_EXACT, description="integer 
 Count: TypeAlias = Annotated[int, Meta(ge=0, le=MAX_EXACT)]
 Qty: TypeAlias = Annotated[int, Meta(ge=1, le=10_000)]
 Rate: TypeAlias = Annotated[float, Meta(ge=0, le=1e15)]
+Bps: TypeAlias = Annotated[int, Meta(ge=0, le=10_000, description="basis points: 100 = 1 %, 10000 = 100 %")]
 MAX_TITLE_LEN: Final = 200
 MAX_IMAGE_URL_LEN: Final = 2048
 # Shown to hosts (and on a phone): one line of printable text, no control characters.
@@ -130,6 +131,12 @@ class SaleOpened(Payload, frozen=True):
     # What the host's dashboard shows for the product (optional; without them it shows the SKU).
     title: ProductTitle | None = None
     image_url: ImageUrl | None = None
+    # The commission rule, in basis points of an order's paid amount (floor(amount * bps / 10000),
+    # integer minor units): ``commission_bps`` for the distributor (``referrer_id``) of a share_link
+    # order, ``head_commission_bps`` for the group head of a group buy (stored, not used yet). A
+    # re-open without them keeps the sale's current rule; 0 ends it.
+    commission_bps: Bps | None = None
+    head_commission_bps: Bps | None = None
 
     def __post_init__(self) -> None:
         if self.ends_at <= self.starts_at:
@@ -172,6 +179,19 @@ class OrderCancelled(Payload, frozen=True):
     order_id: Id
     sale_id: Id
     sku: Id
+
+
+class OrderRefunded(Payload, frozen=True):
+    """A sold order refunded in full (payments scope). ``restock``: its units go back on sale (default:
+    no, the goods left with the buyer). ``amount``, if given, must equal what the order was paid
+    (units x unit price): partial refunds are refused ``amount_mismatch``."""
+
+    TYPE: ClassVar[str] = "order.refunded"
+    order_id: Id
+    sale_id: Id
+    sku: Id
+    restock: bool = False
+    amount: Money | None = None
 
 
 # --- pipeline outputs ------------------------------------------------------------------
@@ -244,7 +264,7 @@ class SpikeDetected(Payload, frozen=True):
 _PAYLOAD_CLASSES: Final[tuple[type[Payload], ...]] = (
     ViewerJoined, ViewerLeft, ViewerLiked, ViewerCommented, ViewerShared, ProductClicked,
     CartAdded, CartRemoved, SaleOpened, SaleClosed, StockAdjusted, OrderPlaced, OrderPaid,
-    OrderCancelled, OrderAccepted, OrderRejected, OrderExpired, SaleSoldOut, StockChanged, SpikeDetected,
+    OrderCancelled, OrderRefunded, OrderAccepted, OrderRejected, OrderExpired, SaleSoldOut, StockChanged, SpikeDetected,
 )
 PAYLOADS: Final[dict[str, type[Payload]]] = {cls.TYPE: cls for cls in _PAYLOAD_CLASSES}
 OUTPUT_TYPES: Final = frozenset({"order.accepted", "order.rejected", "order.expired", "sale.sold_out",

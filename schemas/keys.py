@@ -17,7 +17,8 @@ SALE_FIELDS: Final = (
     "sale_id", "sku", "room_id", "price", "allotted", "available", "reserved", "sold", "per_user_limit",
     "starts_at", "ends_at", "ttl_ms", "status", "opened_at", "sold_out_at", "soldout", "attempts",
     "accepted", "rej_sold_out", "rej_limit_exceeded", "rej_sale_not_active", "rej_duplicate", "rej_invalid",
-    "expired", "cancelled", "paid", "gmv",
+    "expired", "cancelled", "paid", "gmv", "refunded", "restocked", "refunds", "refunded_gmv", "commission_bps",
+    "head_commission_bps",
 )
 
 
@@ -62,6 +63,18 @@ def sale_applied(sale_id: str) -> str:
 def sale_outbox(sale_id: str) -> str:
     """Sorted set: pending output events (JSON) scored by lease time; drained at least once."""
     return f"{NS}:{sale_tag(sale_id)}:outbox"
+
+
+def sale_ledger(sale_id: str) -> str:
+    """Hash: order_id → JSON commission entry of a paid share_link order (``schemas.order_record.LedgerEntry``):
+    distributor, paid amount, rate, commission, clawed back; written once by the payment, once by the refund."""
+    return f"{NS}:{sale_tag(sale_id)}:ledger"
+
+
+def sale_distributors(sale_id: str) -> str:
+    """Hash: distributor (referrer_id) → JSON totals in this sale (``schemas.order_record.DistributorTotals``):
+    orders paid, paid GMV, commission earned, orders refunded, refunded GMV, commission clawed back."""
+    return f"{NS}:{sale_tag(sale_id)}:dist"
 
 
 def sales_index() -> str:

@@ -7,7 +7,7 @@ from typing import Final
 
 from schemas.events import Event, Payload
 
-ORDERS: Final = "orders"  # sale.*, stock.adjusted, order.placed/paid/cancelled; keyed by SKU
+ORDERS: Final = "orders"  # sale.*, stock.adjusted, order.placed/paid/cancelled/refunded; keyed by SKU
 ENGAGEMENT: Final = "engagement"  # viewer.*, product.clicked, cart.*; keyed by room
 DECISIONS: Final = "order-decisions"  # order.accepted/rejected/expired, sale.sold_out, stock.changed; by SKU
 ALERTS: Final = "alerts"  # spike.detected; keyed by subject id
@@ -23,6 +23,7 @@ _ROUTES: Final[dict[str, str]] = {
     "cart.added": ENGAGEMENT, "cart.removed": ENGAGEMENT,
     "sale.opened": ORDERS, "sale.closed": ORDERS, "stock.adjusted": ORDERS,
     "order.placed": ORDERS, "order.paid": ORDERS, "order.cancelled": ORDERS,
+    "order.refunded": ORDERS,
     "order.accepted": DECISIONS, "order.rejected": DECISIONS, "order.expired": DECISIONS,
     "sale.sold_out": DECISIONS, "stock.changed": DECISIONS, "spike.detected": ALERTS,
 }

@@ -1,4 +1,5 @@
-"""``flashsale dashboard-link``: print a signed, expiring dashboard link for one room or every room."""
+"""``flashsale dashboard-link``: print a signed, expiring dashboard link for one room or every room, or a
+distributor's token for its own commission ledger."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def link(base_url: str, signer: Signer, room_id: str | None, ttl_s: float) -> st
     return f"{base}/?t={token}" if room_id is None else f"{base}/rooms/{quote(room_id, safe='')}?t={token}"
 
 
+def ledger_link(base_url: str, signer: Signer, room_id: str, distributor_id: str, ttl_s: float) -> str:
+    """The read API URL of one distributor's ledger in a room, with a token that opens only that."""
+    token = signer.mint(room_id, ttl_s, distributor_id=distributor_id)
+    return (f"{base_url.rstrip('/')}/api/rooms/{quote(room_id, safe='')}/distributors/"
+            f"{quote(distributor_id, safe='')}/ledger?t={token}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flashsale dashboard-link",
@@ -30,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     scope = p.add_mutually_exclusive_group(required=True)
     scope.add_argument("--room", help="the room the link opens")
     scope.add_argument("--all-rooms", action="store_true", help="a host link: the room list and every room")
+    p.add_argument("--distributor", help="with --room: a token that opens only this distributor's commission "
+                                         "ledger in the room (GET /api/rooms/{room}/distributors/{id}/ledger); "
+                                         "prints the ledger URL with the token")
     p.add_argument("--hours", type=float, default=12.0, help=f"validity in hours (default 12, at most {MAX_HOURS})")
     p.add_argument("--base-url", help="the dashboard's public URL (default http://FLASHSALE_DASHBOARD_HOST:_PORT)")
     return p
@@ -53,8 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.room is not None and not 0 < len(args.room) <= 128:
         print("flashsale dashboard-link: --room must be 1-128 characters", file=sys.stderr)  # noqa: T201
         return 2
+    if args.distributor is not None and (args.room is None or not 0 < len(args.distributor) <= 128):
+        print("flashsale dashboard-link: --distributor needs --room and 1-128 characters",  # noqa: T201
+              file=sys.stderr)
+        return 2
     base = args.base_url or f"http://{settings.host}:{settings.port}"
     signer = Signer(settings.key.get_secret_value().encode())
+    if args.distributor is not None:
+        print(ledger_link(base, signer, args.room, args.distributor, args.hours * 3600))  # noqa: T201
+        return 0
     print(link(base, signer, None if args.all_rooms else args.room, args.hours * 3600))  # noqa: T201
     return 0
 

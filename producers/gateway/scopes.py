@@ -20,6 +20,7 @@ TYPE_SCOPES: Final[dict[str, frozenset[str]]] = {
     "order.placed": frozenset({"orders"}),
     "order.cancelled": frozenset({"orders", "payments"}),
     "order.paid": frozenset({"payments"}),
+    "order.refunded": frozenset({"payments"}),  # money goes back: the payment service only
     "sale.opened": frozenset({"control"}),
     "sale.closed": frozenset({"control"}),
     "stock.adjusted": frozenset({"control"}),

@@ -22,6 +22,7 @@ from schemas.events import (
     OrderCancelled,
     OrderPaid,
     OrderPlaced,
+    OrderRefunded,
     SaleOpened,
     ViewerLiked,
 )
@@ -34,7 +35,7 @@ ENGAGEMENT_KINDS: Final = {
     "viewer.shared": "S", "product.clicked": "P", "cart.added": "A", "cart.removed": "R",
 }
 # Order-side types the counters use; the others (sale.closed, stock.adjusted, ...) are the stock core's.
-ORDER_TYPES: Final = frozenset({"order.placed", "order.paid", "order.cancelled", "sale.opened"})
+ORDER_TYPES: Final = frozenset({"order.placed", "order.paid", "order.cancelled", "order.refunded", "sale.opened"})
 DECISION_TYPES: Final = frozenset({"order.accepted", "order.rejected", "order.expired", "sale.sold_out"})
 
 
@@ -68,6 +69,7 @@ class Ops:
     rows: list[list[Any]] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
     paid_ids: list[str] = field(default_factory=list)  # event ids of "Y" ops, in order (sale ops)
+    refund_ids: list[str] = field(default_factory=list)  # event ids of "U" ops, in order (sale ops)
 
     @property
     def count(self) -> int:
@@ -128,12 +130,14 @@ def _sale(groups: dict[str, Ops], sale_id: str, room_id: str) -> Ops:
 
 def _sale_op(ops: Ops, item: Item, kind: str, order_id: str, n: int) -> None:
     e = item.event
-    # a payment also carries its full event id: the first one paying an order owns the payment
-    dedupe = f"{digest(e.event_id)}|{e.event_id}" if kind == "Y" else str(digest(e.event_id))
+    # a payment or refund also carries its full event id: the first one settling an order owns it
+    dedupe = f"{digest(e.event_id)}|{e.event_id}" if kind in ("Y", "U") else str(digest(e.event_id))
     ops.rows.append([item.partition, item.position, dedupe, e.ts, kind, order_id, n, e.user_id, item.pipeline_ts])
     ops.timestamps.append(e.ts)
     if kind == "Y":
         ops.paid_ids.append(e.event_id)
+    elif kind == "U":
+        ops.refund_ids.append(e.event_id)
 
 
 def order_sale_ops(items: Iterable[Item]) -> dict[str, Ops]:
@@ -150,13 +154,20 @@ def order_sale_ops(items: Iterable[Item]) -> dict[str, Ops]:
             _sale_op(_sale(groups, d.sale_id, item.event.room_id), item, "Y", d.order_id, amount)
         elif isinstance(d, OrderCancelled):
             _sale_op(_sale(groups, d.sale_id, item.event.room_id), item, "X", d.order_id, 0)
+        elif isinstance(d, OrderRefunded):
+            amount = d.amount if d.amount is not None else -1
+            _sale_op(_sale(groups, d.sale_id, item.event.room_id), item, "U", d.order_id, amount)
     return groups
 
 
-def order_room_ops(items: Iterable[Item], paid: Mapping[tuple[str, str], int]) -> dict[str, Ops]:
+def order_room_ops(items: Iterable[Item], paid: Mapping[tuple[str, str], int],
+                   refunded: Mapping[tuple[str, str], int] | None = None) -> dict[str, Ops]:
     """Room operations of the orders topic. ``paid`` maps (sale_id, event_id) of order.paid events
     to the amount the stock core confirmed (units x unit price of its order record), or -1 when the
-    stock core refuses the payment or another event already settled the order."""
+    stock core refuses the payment or another event already settled the order; ``refunded`` maps
+    order.refunded events the same way (the amount refunded, or -1 when the refund is refused).
+    A refund is attributed to its own envelope's channel and referrer, as a payment is."""
+    refunded = refunded or {}
     groups: dict[str, Ops] = {}
     for item in items:
         e = item.event
@@ -167,6 +178,10 @@ def order_room_ops(items: Iterable[Item], paid: Mapping[tuple[str, str], int]) -
             amount = paid.get((d.sale_id, e.event_id), -1)
             if amount >= 0:
                 _room_op(_room(groups, e.room_id), item, "Y", d.sku, amount)
+        elif isinstance(d, OrderRefunded):
+            amount = refunded.get((d.sale_id, e.event_id), -1)
+            if amount >= 0:
+                _room_op(_room(groups, e.room_id), item, "U", d.sku, amount)
         elif isinstance(d, SaleOpened):
             _room_op(_room(groups, e.room_id), item, "N", d.sale_id)
     return groups

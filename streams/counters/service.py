@@ -160,7 +160,9 @@ class CountersService:
             sale_results = await self.store.apply_sales(self.stream, sales, SALE_ATTEMPTS[0],
                                                           self.sale_spikes.window_s)
             paid = {(sale_id, eid): amount for sale_id, r in sale_results.items() for eid, amount in r.paid.items()}
-            rooms = order_room_ops(prepared.items, paid)
+            refunded = {(sale_id, eid): amount for sale_id, r in sale_results.items()
+                        for eid, amount in r.refunded.items()}
+            rooms = order_room_ops(prepared.items, paid, refunded)
             room_results = await self.store.apply_rooms(self.stream, rooms, ROOM_ORDERS[0],
                                                           self.room_spikes.window_s)
             self._account(rooms, room_results)

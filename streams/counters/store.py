@@ -33,6 +33,7 @@ class ApplyResult:
     lo: int  # first second of ``counts``
     counts: list[int]
     paid: dict[str, int] = field(default_factory=dict)  # sale calls: paid event id → confirmed amount or -1
+    refunded: dict[str, int] = field(default_factory=dict)  # sale calls: refund event id → amount or -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +47,18 @@ class SpikeStore:
     alerts: tuple[tuple[str, int, str], ...] = ()
 
 
-def _result(raw: Sequence[Any], paid_ids: Sequence[str] = ()) -> ApplyResult:
+def _result(raw: Sequence[Any], paid_ids: Sequence[str] = (), refund_ids: Sequence[str] = ()) -> ApplyResult:
     counts = [int(c) for c in raw[8].split()]
     paid: dict[str, int] = {}
+    refunded: dict[str, int] = {}
     if len(raw) > 9:
         for eid, amount in zip(paid_ids, raw[9], strict=False):
             paid[eid] = int(amount)
+    if len(raw) > 10:
+        for eid, amount in zip(refund_ids, raw[10], strict=False):
+            refunded[eid] = int(amount)
     return ApplyResult(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]), int(raw[5]),
-                       raw[6] or b"", int(raw[7]), counts, paid)
+                       raw[6] or b"", int(raw[7]), counts, paid, refunded)
 
 
 def counters_script(name: str) -> LuaScript:
@@ -133,7 +138,7 @@ class CountersStore:
                                 header + [orjson.dumps(groups[sale_id].rows)])
 
         results = await self._run("counters_sale", build)
-        return {sale_id: _result(raw, groups[sale_id].paid_ids)
+        return {sale_id: _result(raw, groups[sale_id].paid_ids, groups[sale_id].refund_ids)
                 for sale_id, raw in zip(sales, results, strict=False)}
 
     async def store_spikes(self, stores: Sequence[SpikeStore]) -> int:

@@ -11,6 +11,7 @@ from schemas.events import (
     OrderExpired,
     OrderPaid,
     OrderPlaced,
+    OrderRefunded,
     OrderRejected,
     SaleClosed,
     SaleOpened,
@@ -19,6 +20,7 @@ from schemas.events import (
     StockChanged,
     new_event,
 )
+from schemas.order_record import REFUND_REFUSALS
 
 SYSTEM_USER = "system"
 
@@ -33,6 +35,8 @@ def decision_id(sale_id: str, order_id: str) -> str:
     return f"dec:{sale_id}:{order_id}"
 # Results of order.paid / order.cancelled / control ops that mean the input was bad: dead-lettered.
 BAD_STATUSES = frozenset({"unknown_order", "not_accepted", "unknown_sale", "bad_op", "not_owner"})
+# A refused order.refunded is dead-lettered with its reason (schemas.order_record.REFUND_REFUSALS).
+REFUND_REFUSED = frozenset(REFUND_REFUSALS)
 
 
 def sale_of(event: Event) -> str | None:
@@ -46,11 +50,18 @@ def to_op(event: Event, now_ms: int | None = None) -> dict[str, Any] | None:
     d = event.data
     ts = event.ts if now_ms is None else now_ms
     if isinstance(d, OrderPlaced):
-        return {"op": "place", "order_id": d.order_id, "event_id": event.event_id, "user_id": event.user_id,
-                "qty": d.qty, "unit_price": d.unit_price, "sku": d.sku, "ts": ts}
+        op: dict[str, Any] = {"op": "place", "order_id": d.order_id, "event_id": event.event_id,
+                              "user_id": event.user_id, "qty": d.qty, "unit_price": d.unit_price, "sku": d.sku,
+                              "ts": ts, "channel": event.channel}
+        if event.referrer_id is not None:
+            op["referrer_id"] = event.referrer_id
+        return op
     if isinstance(d, OrderPaid):
         return {"op": "paid", "order_id": d.order_id, "event_id": event.event_id, "user_id": event.user_id,
                 "ts": ts}
+    if isinstance(d, OrderRefunded):
+        return {"op": "refund", "order_id": d.order_id, "event_id": event.event_id, "user_id": event.user_id,
+                "restock": d.restock, "amount": -1 if d.amount is None else d.amount, "ts": ts}
     if isinstance(d, OrderCancelled):
         return {"op": "cancel", "order_id": d.order_id, "event_id": event.event_id, "user_id": event.user_id,
                 "ts": ts}
@@ -59,7 +70,9 @@ def to_op(event: Event, now_ms: int | None = None) -> dict[str, Any] | None:
                 "room_id": event.room_id, "price": d.price, "allotment": d.allotment,
                 "per_user_limit": d.per_user_limit, "starts_at": d.starts_at, "ends_at": d.ends_at,
                 "ttl_ms": d.reservation_ttl_s * 1000, "ts": ts,
-                **({"title": d.title} if d.title else {}), **({"image_url": d.image_url} if d.image_url else {})}
+                **({"title": d.title} if d.title else {}), **({"image_url": d.image_url} if d.image_url else {}),
+                **({"commission_bps": d.commission_bps} if d.commission_bps is not None else {}),
+                **({"head_commission_bps": d.head_commission_bps} if d.head_commission_bps is not None else {})}
     if isinstance(d, SaleClosed):
         return {"op": "close", "event_id": event.event_id, "ts": ts}
     if isinstance(d, StockAdjusted):

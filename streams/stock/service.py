@@ -16,7 +16,15 @@ from schemas.topics import DECISIONS, ORDERS
 from streams.emit import Outbound, Record, SendFn, bad, flush
 from streams.metrics import WorkerMetrics
 from streams.resilience import check_fault
-from streams.stock.logic import BAD_STATUSES, decision_event, outbox_event, sale_of, stock_changed_event, to_op
+from streams.stock.logic import (
+    BAD_STATUSES,
+    REFUND_REFUSED,
+    decision_event,
+    outbox_event,
+    sale_of,
+    stock_changed_event,
+    to_op,
+)
 from streams.stock.store import SaleBatchResult, StockStore
 
 logger = logging.getLogger(__name__)
@@ -147,7 +155,10 @@ class StockService:
                 self.metrics.order_updates.labels(op, status).inc()
                 if op == "adjust" and status == "adjusted":  # also on a replay: the stored result
                     out.add(DECISIONS, stock_changed_event(event, r))
-                if status in BAD_STATUSES:
+                if op == "refund" and status in REFUND_REFUSED:
+                    out.reject(bad(0, status, f"order.refunded refused: {status.replace('_', ' ')}",
+                                   orjson.dumps(event.to_dict())), rec, self.metrics)
+                elif status in BAD_STATUSES:
                     out.reject(bad(0, status, f"{event.type} refers to {status.replace('_', ' ')}",
                                    orjson.dumps(event.to_dict())), rec, self.metrics)
         for (outcome, reason), n in decided.items():
@@ -196,8 +207,8 @@ class StockService:
         for s in stocks:
             if not s.consistent:
                 broken += 1
-                logger.error("stock invariant broken for sale %s: allotted=%d available=%d reserved=%d sold=%d",
-                             s.sale_id, s.allotted, s.available, s.reserved, s.sold)
+                logger.error("stock invariant broken for sale %s: allotted=%d available=%d reserved=%d sold=%d "
+                             "refunded=%d", s.sale_id, s.allotted, s.available, s.reserved, s.sold, s.refunded)
             if s.status == "closed" and s.pending == 0:
                 continue
             seen.add(s.sale_id)
@@ -215,7 +226,8 @@ class StockService:
 
 
 _EXISTING_SALE_STATUSES = frozenset({"opened", "updated", "closed", "adjusted", "paid", "cancelled", "late_payment",
-                                     "already_paid", "already_released", "not_cancellable", "not_accepted"})
+                                     "already_paid", "already_released", "not_cancellable", "not_accepted",
+                                     "refunded", "already_refunded", "not_paid", "amount_mismatch"})
 
 
 def _sale_exists(results: Sequence[dict[str, Any]] | None) -> bool:

@@ -27,7 +27,8 @@ RETIRE_LEASE_MS = 10_000  # a re-open waits at most this long for a retirement t
 
 def _sale_keys(sale_id: str) -> list[str]:
     return [rk.sale(sale_id), rk.sale_orders(sale_id), rk.sale_users(sale_id), rk.sale_deadlines(sale_id),
-            rk.sale_dups(sale_id), rk.sale_applied(sale_id), rk.sale_outbox(sale_id)]
+            rk.sale_dups(sale_id), rk.sale_applied(sale_id), rk.sale_outbox(sale_id), rk.sale_ledger(sale_id),
+            rk.sale_distributors(sale_id)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +41,12 @@ class SaleStock:
     sold: int
     status: str
     pending: int
+    refunded: int = 0  # units refunded without restock (their goods left): the invariant's fourth term
 
     @property
     def consistent(self) -> bool:
-        return self.allotted == self.available + self.reserved + self.sold and self.available >= 0
+        return (self.allotted == self.available + self.reserved + self.sold + self.refunded
+                and self.available >= 0)
 
 
 @dataclass(slots=True)
@@ -175,10 +178,10 @@ class StockStore:
                 self.metrics.redis_errors.labels("stock_sweep").inc()
                 stocks.pop(sale_id, None)  # no fresh reading: neither gauged nor retired this tick
                 continue
-            released, allotted, available, reserved, sold, status, pending, due = res
+            released, allotted, available, reserved, sold, status, pending, due, refunded = res
             before = stocks[sale_id].released if sale_id in stocks else 0
             stocks[sale_id] = SaleStock(sale_id, before + int(released), int(allotted), int(available),
-                                        int(reserved), int(sold), _s(status), int(pending))
+                                        int(reserved), int(sold), _s(status), int(pending), int(refunded))
             if int(due) > 0 or (not isinstance(drained, Exception) and len(drained) >= SWEEP_DRAIN_BATCH):
                 more.append(sale_id)
         return more

@@ -471,9 +471,9 @@
     while (state.leaderRows.length < n) {
       const i = state.leaderRows.length;
       const tr = document.createElement('tr');
-      const cells = ['rank', 'referrer', 'orders', 'gmv'].map((name) => {
+      const cells = ['rank', 'referrer', 'orders', 'gmv', 'commission'].map((name) => {
         const td = document.createElement('td');
-        if (name === 'orders' || name === 'gmv') td.className = 'num';
+        if (name !== 'rank' && name !== 'referrer') td.className = 'num';
         if (name !== 'rank') td.dataset.testid = `leader-${i}-${name}`;
         tr.appendChild(td);
         return td;
@@ -489,6 +489,7 @@
       put(row.cells[1], r.referrer_id, String(r.referrer_id));
       put(row.cells[2], num(r.orders));
       put(row.cells[3], num(r.gmv), money(num(r.gmv)));
+      put(row.cells[4], num(r.commission ?? 0), money(num(r.commission ?? 0)));
     });
     show(el.noLeaders, n === 0);
   }

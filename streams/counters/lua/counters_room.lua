@@ -13,7 +13,9 @@
 --   [partition, position (record offset * 10000 + index in the record), event id digest (signed 64-bit,
 --    as a decimal string), ts, kind, user, channel, sku, n, referrer]
 --   kinds: J joined, L left, K liked (n likes), C commented, S shared, P product click, A cart add (n units),
---          R cart remove, O order placed, Y order paid (n = amount), N sale opened (sku = sale id)
+--          R cart remove, O order placed, Y order paid (n = amount), U order refunded (n = the amount the
+--          stock core refunded: paid orders, GMV, the funnel's paid and GMV and the referrer's GMV go down
+--          by it, net of refunds), N sale opened (sku = sale id)
 --
 -- Exactly-once effects under at-least-once delivery (admit() in counters_lib.lua):
 --   * per-(stream, partition) sets of event id digests (10 s event-time buckets, deleted by event time)
@@ -227,6 +229,12 @@ for i = 1, #events do
           money('g', ch, sku, n, minute, in_window)
           if ref ~= '' then inc(refg, ref, n) end
           skus[sku] = true
+        elseif kind == 'U' then
+          inc(tot, 'paid', -1); inc(tot, 'gmv', -n)
+          inc(tot, 'refunds', 1); inc(tot, 'refunded_gmv', n)
+          money('p', ch, sku, -1, minute, in_window)
+          money('g', ch, sku, -n, minute, in_window)
+          if ref ~= '' then inc(refg, ref, -n) end
         elseif kind == 'N' then
           sales[sku] = true
         end

@@ -10,8 +10,9 @@
 --   [partition, position (offset * 10000 + index), event id digest (decimal string), ts, kind, order_id, n,
 --    user, pipeline time (the record's timestamp, ms)]
 --   kinds: O order placed (an attempt), A order accepted (n units), Y order paid (n = the client's amount,
---   -1 = none; only compared, never counted), X order cancelled.
---   Y events also carry the full event id after the digest, as "<digest>|<event id>", for the payment owner.
+--   -1 = none; only compared, never counted), X order cancelled, U order refunded (n = the client's amount
+--   or -1; the stock core refuses a refund whose amount differs from what was paid).
+--   Y and U events also carry the full event id after the digest, as "<digest>|<event id>".
 --
 -- The watermark / dedupe / lateness rules are those of counters_room.lua (admit()). Besides, each
 -- order's payment is counted once and only as the stock core confirms it: the verdict for a paid
@@ -22,8 +23,13 @@
 -- the verdict is the same however often it is asked and the room call that follows may be retried
 -- after a crash. Room GMV is then the sum of the sales' GMV, which is the stock core's `gmv`.
 --
+-- A refund counts (paid -1, GMV - amount, net of refunds) as the stock core refunds: the order's payment
+-- counted here (PAID holds its amount), no refund counted before (REF 'o:<order>'), its own user, and
+-- no amount or the paid amount. Each U event's verdict is kept (REF 'e:<event>'), so it is the same
+-- however often it is asked (the stock core keeps each refund's answer too).
+--
 -- Returns {applied, dups, late, too_old, replayed, stream newest ms, spike state or '', lo second,
---          {counts}, {verdicts of Y events, in order}}
+--          {counts}, {verdicts of Y events, in order}, {verdicts of U events, in order}}
 -- (counters_lib.lua is prepended)
 
 local B = KEYS[1]
@@ -31,7 +37,7 @@ local st = ARGV[1]
 local LATE, DD, KEEP = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local DTTL, RTTL = tonumber(ARGV[5]), tonumber(ARGV[6])
 local SPF, SPW, SPMAX = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
-local SEC, PAID = B .. ':sec', B .. ':paid'
+local SEC, PAID, REF = B .. ':sec', B .. ':paid', B .. ':ref'
 
 local NF = 'n' .. st
 local cur = redis.call('HMGET', B, NF, 'nall', 'sl')
@@ -60,7 +66,7 @@ local function stock_verdict(rec, user, pt)
   if not rec or rec.u ~= user then return -1, false end
   local q, p = tonumber(rec.q), tonumber(rec.p)
   if not q or not p then return -1, false end
-  if rec.s == 'sold' then return q * p, true end
+  if rec.s == 'sold' or rec.s == 'refunded' then return q * p, true end  -- refunded: it was sold
   if rec.s == 'reserved' then
     if pt > (tonumber(rec.d) or 0) then return -1, true end
     return q * p, true
@@ -70,7 +76,7 @@ end
 
 local applied, dups, late, old, replay = 0, 0, 0, 0, 0
 local refused, mismatched = 0, 0
-local tot, secs, verdicts = {}, {}, {}
+local tot, secs, verdicts, refunds = {}, {}, {}, {}
 local function inc(t, k, n) t[k] = (t[k] or 0) + n end
 
 local events = cjson.decode(ARGV[10])
@@ -98,6 +104,28 @@ for i = 1, #events do
       end
     end
     verdicts[#verdicts + 1] = verdict
+  elseif kind == 'U' then
+    local sep = string.find(digest, '|', 1, true)
+    local eid = string.sub(digest, sep + 1)
+    digest = string.sub(digest, 1, sep - 1)
+    local stored = redis.call('HGET', REF, 'e:' .. eid)
+    if stored then
+      verdict = tonumber(stored)
+    else
+      verdict = -1
+      local owner = redis.call('HGET', PAID, oid)
+      local at = owner and string.find(owner, '|', 1, true)
+      local amount = at and tonumber(string.sub(owner, at + 1))
+      if amount and amount >= 0 and redis.call('HEXISTS', REF, 'o:' .. oid) == 0 then
+        local rec = order_record(oid)
+        if rec and rec.u == user and (n < 0 or n == amount) then
+          verdict = amount
+          redis.call('HSET', REF, 'o:' .. oid, eid)
+        end
+      end
+      redis.call('HSET', REF, 'e:' .. eid, string.format('%d', verdict))
+    end
+    refunds[#refunds + 1] = verdict
   elseif kind == 'X' and not redis.call('HGET', PAID, oid) then
     -- the owner's cancel of a reservation the stock core still holds releases it: no payment after it counts
     local rec = order_record(oid)
@@ -138,6 +166,14 @@ for i = 1, #events do
       else
         refused = refused + 1
       end
+    elseif kind == 'U' then
+      inc(tot, 'refund_events', 1)
+      if verdict >= 0 then
+        inc(tot, 'paid', -1); inc(tot, 'gmv', -verdict)
+        inc(tot, 'refunds', 1); inc(tot, 'refunded_gmv', verdict)
+      else
+        inc(tot, 'refunds_refused', 1)
+      end
     end
   end
 end
@@ -158,8 +194,8 @@ sl = trim_buckets(SEC, sl, cutoff, KEEP, {''})
 state[#state + 1] = 'sl'; state[#state + 1] = sl
 for _, p in ipairs(parts.list) do part_finish(B, parts.map[p], DD, DTTL, state) end
 redis.call('HSET', B, unpack(state))
-for _, k in ipairs({B, SEC, PAID}) do redis.call('EXPIRE', k, RTTL) end
+for _, k in ipairs({B, SEC, PAID, REF}) do redis.call('EXPIRE', k, RTTL) end
 
 local spike, lo, counts = '', 0, ''
 if SPF ~= '' then spike, lo, counts = spike_input(B, SEC, SPF, SPW, SPMAX, '', newest, cutoff) end
-return {applied, dups, late, old, replay, newest, spike, lo, counts, verdicts}
+return {applied, dups, late, old, replay, newest, spike, lo, counts, verdicts, refunds}

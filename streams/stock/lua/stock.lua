@@ -1,13 +1,14 @@
 #!lua
 -- Apply a batch of order-side operations to ONE sale, atomically and idempotently.
--- KEYS: 1 sale hash, 2 orders hash, 3 users hash, 4 deadlines zset, 5 dups hash, 6 applied set, 7 outbox zset
--- ARGV[1]: JSON array of ops {op=open|close|adjust|place|paid|cancel, ...}; ARGV[2]: now (epoch ms);
+-- KEYS: 1 sale hash, 2 orders hash, 3 users hash, 4 deadlines zset, 5 dups hash, 6 applied set, 7 outbox zset,
+--       8 commission ledger hash (order -> entry), 9 distributor totals hash (distributor -> totals)
+-- ARGV[1]: JSON array of ops {op=open|close|adjust|place|paid|cancel|refund, ...}; ARGV[2]: now (epoch ms);
 -- ARGV[3]: how long (ms) the state of a sale that was never opened is kept (attempts on an unknown
 -- sale id must not leave keys behind forever; the sale's open makes them permanent)
 -- Returns a JSON array with one result per op. Replays (same event id) change nothing and
 -- return the stored decision, flagged replay=true.
-local sale_k, orders_k, users_k, dl_k, dups_k, applied_k, outbox_k =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local sale_k, orders_k, users_k, dl_k, dups_k, applied_k, outbox_k, ledger_k, dist_k =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local ops = cjson.decode(ARGV[1])
 
 -- Redis refusing work now (out of memory, a read-only replica after a failover, loading, busy...)
@@ -31,7 +32,8 @@ local exists = S.sale_id ~= nil
 local NUM = {'allotted', 'available', 'reserved', 'sold', 'price', 'per_user_limit', 'starts_at', 'ends_at',
              'ttl_ms', 'attempts', 'accepted', 'rej_sold_out', 'rej_limit_exceeded', 'rej_sale_not_active',
              'rej_duplicate', 'rej_invalid', 'expired', 'cancelled', 'paid', 'gmv', 'soldout', 'opened_at',
-             'removal_pending', 'rej_order_id_taken'}
+             'removal_pending', 'rej_order_id_taken', 'refunded', 'restocked', 'refunds', 'refunded_gmv',
+             'commission_bps', 'head_commission_bps'}
 for _, f in ipairs(NUM) do S[f] = tonumber(S[f] or '0') end
 local dirty = false
 
@@ -96,6 +98,31 @@ local function release(order_id, rec, state, ts)
   if S.available > 0 then S.soldout = 0 end
 end
 
+-- floor(amount * bps / 10000) exactly: Lua numbers are doubles, exact only below 2^53, and
+-- amount * bps may reach 10^18; split amount = hi * 10000 + lo so each product stays below 10^14.
+local function commission(amount, bps)
+  local hi = math.floor(amount / 10000)
+  local lo = amount - hi * 10000
+  return hi * bps + math.floor(lo * bps / 10000)
+end
+
+-- A distributor's totals in this sale (orders paid, paid GMV, commission earned, refunds, refunded GMV,
+-- commission clawed back), one JSON value per distributor: add the increments in ``inc``.
+local function add_totals(distributor, inc)
+  local raw_t = redis.call('HGET', dist_k, distributor)
+  local t = raw_t and cjson.decode(raw_t) or {}
+  for _, f in ipairs({'o', 'g', 'e', 'r', 'rg', 'k'}) do
+    t[f] = (tonumber(t[f]) or 0) + (inc[f] or 0)
+  end
+  redis.call('HSET', dist_k, distributor, cjson.encode(t))
+end
+
+-- The order's distributor: the referrer of a share_link order (nil for every other order).
+local function distributor_of(rec)
+  if rec.c == 'share_link' and type(rec.f) == 'string' and rec.f ~= '' then return rec.f end
+  return nil
+end
+
 local function decision(order_id, rec, replay)
   local out = (rec.s == 'rejected') and 'rejected' or 'accepted'
   return {op = 'place', o = order_id, out = out, r = rec.r, d = rec.d, q = rec.q, p = rec.p, s = rec.s,
@@ -155,7 +182,9 @@ local function apply(i, o)
           reason = 'sold_out'
         end
       end
-      local rec = {u = o.user_id, q = o.qty, p = o.unit_price, e = o.event_id, t = o.ts, k = o.sku, d = 0}
+      local rec = {u = o.user_id, q = o.qty, p = o.unit_price, e = o.event_id, t = o.ts, k = o.sku, d = 0,
+                   c = o.channel}
+      if type(o.referrer_id) == 'string' then rec.f = o.referrer_id end
       if reason then
         rec.s = 'rejected'; rec.r = reason
         S['rej_' .. reason] = S['rej_' .. reason] + 1
@@ -200,6 +229,16 @@ local function apply(i, o)
           rec.s = 'sold'; rec.x = o.ts
           redis.call('HSET', orders_k, o.order_id, cjson.encode(rec))
           status = 'paid'
+          -- the distributor's commission accrues here, in the step that sells the order: once per order
+          local dist = distributor_of(rec)
+          if dist then
+            local amount = rec.q * rec.p
+            local c = commission(amount, S.commission_bps)
+            local entry = {d = dist, g = amount, b = S.commission_bps, c = c, k = 0, t = o.ts}
+            if redis.call('HSETNX', ledger_k, o.order_id, cjson.encode(entry)) == 1 then
+              add_totals(dist, {o = 1, g = amount, e = c})
+            end
+          end
         else
           S.cancelled = S.cancelled + 1
           release(o.order_id, rec, 'cancelled', o.ts)
@@ -214,6 +253,67 @@ local function apply(i, o)
       end
     end
     res[i] = {op = op, o = o.order_id, status = status}
+  elseif op == 'refund' then
+    -- A refund event is answered once: its answer is kept (dups 'rf:<event>'), so a replay changes
+    -- nothing and answers the same, even if the order changed since (a refusal before the payment).
+    local answered = 'rf:' .. o.event_id
+    local stored = redis.call('HGET', dups_k, answered)
+    local status
+    local restocked = 0
+    if stored then
+      status = stored
+      res[i] = {op = op, o = o.order_id, status = status, replay = true}
+    else
+      local prev = redis.call('HGET', orders_k, o.order_id)
+      local rec = prev and cjson.decode(prev)
+      if not rec then
+        status = 'unknown_order'
+      elseif rec.u ~= o.user_id then
+        status = 'not_owner'
+      elseif rec.s == 'refunded' then
+        status = 'already_refunded'
+      elseif rec.s ~= 'sold' then
+        status = 'not_paid'
+      elseif o.amount >= 0 and o.amount ~= rec.q * rec.p then
+        status = 'amount_mismatch'
+      else
+        dirty = true
+        local amount = rec.q * rec.p
+        S.sold = S.sold - rec.q
+        S.paid = S.paid - 1
+        S.gmv = S.gmv - amount
+        S.refunds = S.refunds + 1
+        S.refunded_gmv = S.refunded_gmv + amount
+        local held = redis.call('HINCRBY', users_k, rec.u, -rec.q)
+        if held <= 0 then redis.call('HDEL', users_k, rec.u) end
+        if o.restock then
+          -- back on sale, but a pending removal is paid off first (those units leave the allotment)
+          local pay = math.min(S.removal_pending, rec.q)
+          S.removal_pending = S.removal_pending - pay
+          S.allotted = S.allotted - pay
+          S.available = S.available + rec.q - pay
+          restocked = rec.q - pay
+          S.restocked = S.restocked + restocked
+          if S.available > 0 then S.soldout = 0 end
+        else
+          S.refunded = S.refunded + rec.q  -- the goods left: out of stock for good (the invariant's term)
+        end
+        rec.s = 'refunded'; rec.n = o.event_id; rec.y = o.ts; rec.w = o.restock and true or false
+        redis.call('HSET', orders_k, o.order_id, cjson.encode(rec))
+        local raw_e = redis.call('HGET', ledger_k, o.order_id)
+        if raw_e then
+          local entry = cjson.decode(raw_e)
+          if not entry.y then
+            entry.k = entry.c; entry.y = o.ts
+            redis.call('HSET', ledger_k, o.order_id, cjson.encode(entry))
+            add_totals(entry.d, {r = 1, rg = entry.g, k = entry.c})
+          end
+        end
+        status = 'refunded'
+      end
+      redis.call('HSET', dups_k, answered, status)
+      res[i] = {op = op, o = o.order_id, status = status, restocked = restocked}
+    end
   elseif op == 'open' or op == 'close' or op == 'adjust' then
     local status
     if redis.call('SADD', applied_k, o.event_id) == 0 then
@@ -241,6 +341,9 @@ local function apply(i, o)
       -- the product as the host names it (optional; a JSON null decodes truthy in Lua, hence type())
       if type(o.title) == 'string' then S.title = o.title end
       if type(o.image_url) == 'string' then S.image_url = o.image_url end
+      -- the commission rule (basis points); a re-open without one keeps the current rule
+      if type(o.commission_bps) == 'number' then S.commission_bps = o.commission_bps end
+      if type(o.head_commission_bps) == 'number' then S.head_commission_bps = o.head_commission_bps end
       note_sold_out(o.ts)
     elseif not exists then
       status = 'unknown_sale'

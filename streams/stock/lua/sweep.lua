@@ -2,7 +2,8 @@
 -- Release reservations whose deadline has passed, for ONE sale; report stock for gauges.
 -- KEYS: 1 sale hash, 2 orders hash, 3 users hash, 4 deadlines zset, 5 outbox zset
 -- ARGV: 1 now (epoch ms), 2 max deadlines handled this call (keeps one call short: Redis is single-threaded)
--- Returns {released, allotted, available, reserved, sold, status, deadlines left, deadlines still due}:
+-- Returns {released, allotted, available, reserved, sold, status, deadlines left, deadlines still due,
+--          refunded (units refunded without restock: the invariant's fourth term)}:
 -- the caller calls again while some are still due (a burst is worked off in one sweeper tick).
 local sale_k, orders_k, users_k, dl_k, outbox_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = tonumber(ARGV[1])
@@ -41,6 +42,6 @@ if #due > 0 then
   if available > 0 then fields[#fields + 1] = 'soldout'; fields[#fields + 1] = 0 end
   redis.call('HSET', sale_k, unpack(fields))
 end
-local st = redis.call('HMGET', sale_k, 'allotted', 'available', 'reserved', 'sold', 'status')
+local st = redis.call('HMGET', sale_k, 'allotted', 'available', 'reserved', 'sold', 'status', 'refunded')
 return {released, st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '', redis.call('ZCARD', dl_k),
-        redis.call('ZCOUNT', dl_k, '-inf', now)}
+        redis.call('ZCOUNT', dl_k, '-inf', now), st[6] or '0'}

@@ -70,6 +70,8 @@ def test_schema_mirrors_the_models(type_: str) -> None:
             assert prop.get("minLength") == t.min_length
         elif isinstance(t, msgspec.inspect.LiteralType):
             assert sorted(prop["enum"]) == sorted(t.values)
+        elif isinstance(t, msgspec.inspect.BoolType):
+            assert prop["type"] == "boolean"
         else:
             assert isinstance(t, msgspec.inspect.FloatType) and prop["type"] == "number"
 
