@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from kernel.process import die_with_parent as tie_to_parent
+
 logger = logging.getLogger(__name__)
 
 
@@ -111,16 +113,6 @@ def stop_in_stages(stages: Sequence[Sequence[ManagedProcess]], timeout: float = 
     return problems
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies, however it dies (Linux PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the parent's own shutdown still stops its children
-
-
 def spawn(name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None,
           die_with_parent: bool = False) -> ManagedProcess:
     """Start ``argv`` in its own session (a Ctrl-C on the terminal reaches the parent only, which stops its
@@ -132,7 +124,7 @@ def spawn(name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | N
     log = open(log_path, "ab")
     popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              env=env, start_new_session=True,
-                             preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None)
+                             preexec_fn=tie_to_parent() if die_with_parent else None)
     logger.info("started %s pid=%d log=%s", name, popen.pid, log_path)
     return ManagedProcess(name, popen, log_path, log)
 

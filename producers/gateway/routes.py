@@ -172,15 +172,16 @@ async def _known_decision(state: GatewayState, sale_id: str, order_id: str, user
 
 
 def _key_count(node: Any) -> int:
-    count = 0
-    if isinstance(node, dict):
-        count = len(node)
-        node = node.values()
-    elif not isinstance(node, list):
-        return 0
-    for value in node:
-        if isinstance(value, (dict, list)):
-            count += _key_count(value)
+    """Keys of every object in a parsed JSON value; iterative, so a deeply nested body cannot exhaust
+    the stack (it recursed, and a 1 KB body 500 levels deep was a 500 with a traceback)."""
+    count, stack = 0, [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
     return count
 
 
@@ -236,8 +237,9 @@ async def post_order(request: web.Request) -> web.Response:
                               "reason": "sold_out"})
     require_connected(state)
     assert state.coalescer is not None and state.waiter is not None
-    qty = obj["data"]["qty"]
-    if state.settings.admission and not state.inflight.admits(sale_id, qty, stock):
+    data = obj["data"]
+    qty = stock.units_at_stake(data["qty"], data["sku"], data["unit_price"])
+    if state.settings.admission and qty and not state.inflight.admits(sale_id, qty, stock):
         decided = await _known_decision(state, sale_id, order_id, obj["user_id"])
         if decided is not None:
             state.metrics.decisions.labels(decided.outcome).inc()

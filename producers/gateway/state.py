@@ -40,13 +40,31 @@ def connect_redis(settings: GatewaySettings) -> Any:
 
 @dataclass(frozen=True)
 class SaleStock:
-    """What the door knows of a sale: its sold-out flag and its available units (None: unknown)."""
+    """What the door knows of a sale: its sold-out flag and its available units (None: unknown), and what
+    an order needs to be able to succeed (open, its SKU and price, the per-user limit; None: unknown)."""
 
     sold_out: bool
     available: int | None
+    open: bool | None = None
+    sku: str | None = None
+    price: int | None = None
+    per_user_limit: int | None = None
+
+    def units_at_stake(self, qty: int, sku: str, unit_price: int) -> int:
+        """The units an order can take if the worker accepts it, for admission control: 0 when it cannot
+        succeed whatever is in flight (the sale is not open, another SKU or price, more than the per-user
+        limit), so an order the worker will reject never holds the sale's units at the door."""
+        if self.open is False:
+            return 0
+        if (self.sku is not None and sku != self.sku) or (self.price is not None and unit_price != self.price):
+            return 0
+        if self.per_user_limit is not None and qty > self.per_user_limit:
+            return 0
+        return qty
 
 
 UNKNOWN: Final = SaleStock(False, None)
+STOCK_FIELDS: Final = ("soldout", "available", "status", "sku", "price", "per_user_limit")
 
 
 class SoldOutCache:
@@ -80,8 +98,11 @@ class SoldOutCache:
         value = UNKNOWN
         try:
             self.lookups += 1
-            flag, available = await self._redis.hmget(keys.sale(sale_id), ["soldout", "available"])
-            value = SaleStock(flag in (b"1", "1"), _int_or_none(available))
+            flag, available, status, sku, price, limit = await self._redis.hmget(keys.sale(sale_id),
+                                                                                 list(STOCK_FIELDS))
+            value = SaleStock(flag in (b"1", "1"), _int_or_none(available),
+                              None if status is None else _text(status) == "open",
+                              None if sku is None else _text(sku), _int_or_none(price), _int_or_none(limit))
             if len(self._entries) >= self._max_sales:
                 now = self._clock()
                 self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
@@ -94,6 +115,10 @@ class SoldOutCache:
                 if not waiter.done():
                     waiter.set_result(value)
         return value
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _int_or_none(raw: Any) -> int | None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from kernel.process import die_with_parent
 from producers.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class Child:
     index: int
     popen: subprocess.Popen[bytes]
     started: float
+    restarted: bool = False  # a restart that dies early is restarted again, not taken for bad settings
 
     @property
     def pid(self) -> int:
@@ -62,10 +64,12 @@ class Supervisor:
         self._stop = threading.Event()
         self.children: list[Child] = []
 
-    def _spawn(self, index: int) -> Child:
-        popen = subprocess.Popen(self._argv, env=self._env, stdin=subprocess.DEVNULL)
+    def _spawn(self, index: int, restarted: bool = False) -> Child:
+        # PR_SET_PDEATHSIG: a SIGKILLed supervisor takes its children along (else they keep serving the
+        # port beside the next supervisor's, with SO_REUSEPORT, on old code and settings).
+        popen = subprocess.Popen(self._argv, env=self._env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
         logger.info("gateway process %d started, pid %d", index, popen.pid)
-        return Child(index, popen, time.monotonic())
+        return Child(index, popen, time.monotonic(), restarted)
 
     def request_stop(self, signum: int = signal.SIGTERM, frame: object = None) -> None:
         self._stop.set()
@@ -74,7 +78,8 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         code = 0
         try:
-            self.children = [self._spawn(i) for i in range(self.settings.processes)]
+            for i in range(self.settings.processes):  # one by one: a failed start still stops the others
+                self.children.append(self._spawn(i))
             while not self._stop.wait(POLL_S):
                 failed = self._check_children()
                 if failed:
@@ -92,7 +97,7 @@ class Supervisor:
             rc = child.popen.poll()
             if rc is None:
                 continue
-            if time.monotonic() - child.started < EARLY_EXIT_S:
+            if not child.restarted and time.monotonic() - child.started < EARLY_EXIT_S:
                 logger.error(
                     "gateway process %d (pid %d) exited with %d right after starting; stopping all",
                     child.index,
@@ -103,7 +108,7 @@ class Supervisor:
             logger.warning("gateway process %d (pid %d) exited with %d; restarting it", child.index, child.pid, rc)
             if self._stop.wait(RESTART_DELAY_S):
                 return False
-            self.children[i] = self._spawn(child.index)
+            self.children[i] = self._spawn(child.index, restarted=True)
         return False
 
     def _stop_children(self) -> None:
