@@ -41,7 +41,7 @@ Log = Callable[[str], None]
 SCRIPT = Path(__file__).with_name("wrk_orders.lua")
 PRICE = 100  # bench.load.sale_opened's price: an order must name it
 KINDS = ("minimal", "decisions", "sold_out")
-STOCK_FIELDS = ("allotted", "available", "reserved", "sold", "attempts", "accepted")
+STOCK_FIELDS = ("allotted", "available", "reserved", "sold", "refunded", "attempts", "accepted")
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ async def stock_of(client: aioredis.Redis, sale: Sale) -> dict[str, Any]:
     out["rejected"] = sum(int(float(v or 0)) for k, v in h.items() if k.startswith("rej_"))
     out["order_records"] = int(await client.hlen(keys.sale_orders(sale.sale_id)))
     out["status"] = h.get("status")
-    held = out["available"] + out["reserved"] + out["sold"]
+    held = out["available"] + out["reserved"] + out["sold"] + out["refunded"]
     out["balanced"] = out["allotted"] == held and out["sold"] <= out["allotted"] and out["available"] >= 0
     out["oversold"] = max(0, out["reserved"] + out["sold"] - out["allotted"])
     return out

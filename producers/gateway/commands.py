@@ -42,14 +42,17 @@ SALE_INTS: Final = ("price", "allotted", "available", "reserved", "sold", "remov
 
 # Pay/cancel refused, by the order's state: (HTTP reason, what it means). Reserved is the one state
 # that gets published; sold (pay) and cancelled (cancel) are an earlier success, answered 200.
-PAY_REFUSED: Final = {"rejected": "not_accepted", "expired": "late_payment", "cancelled": "order_cancelled"}
-CANCEL_REFUSED: Final = {"rejected": "not_accepted", "expired": "already_released", "sold": "already_paid"}
+PAY_REFUSED: Final = {"rejected": "not_accepted", "expired": "late_payment", "cancelled": "order_cancelled",
+                      "refunded": "order_refunded"}
+CANCEL_REFUSED: Final = {"rejected": "not_accepted", "expired": "already_released", "sold": "already_paid",
+                         "refunded": "order_refunded"}
 REFUSAL_TEXT: Final = {
     "not_accepted": "the order was rejected; there is nothing to pay or cancel",
     "late_payment": "the reservation had expired; its units went back to stock and the payment is refused",
     "order_cancelled": "the order was cancelled; the payment is refused",
     "already_released": "the reservation has already expired",
     "already_paid": "the order is paid; it can no longer be cancelled",
+    "order_refunded": "the order was paid and refunded; it can no longer be paid or cancelled",
     "not_owner": "the order belongs to another user",
     "unknown_order": "no such order in this sale (or it is not decided yet: retry after its decision)",
 }

@@ -20,7 +20,7 @@ VERSION: Final = "1"
 PATH: Final = oa.DOCS_DIR / "gateway.json"
 BEARER: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
 OPEN: Final[list[dict[str, list[str]]]] = []
-ORDER_STATES: Final = ("reserved", "rejected", "sold", "expired", "cancelled")
+ORDER_STATES: Final = ("reserved", "rejected", "sold", "expired", "cancelled", "refunded")
 REQUEST_ID: Final[oa.Schema] = {"type": "string", "minLength": 1, "maxLength": 128,
                                 "description": "idempotency key: the same request_id again is a replay"}
 OPERATOR: Final = "the operator (the envelope's user_id; default merchant)"

@@ -150,11 +150,11 @@ async def check_stock(client: aioredis.Redis, ledger: Ledger, sales: list[SaleSp
         if sale.probe:
             continue
         st = await sale_hash(client, sale.sale_id)
-        n = {k: int(st.get(k, "0")) for k in ("allotted", "available", "reserved", "sold", "attempts", "accepted",
-                                               "expired", "cancelled", "per_user_limit")}
+        n = {k: int(st.get(k, "0")) for k in ("allotted", "available", "reserved", "sold", "refunded", "attempts",
+                                               "accepted", "expired", "cancelled", "per_user_limit")}
         sid = sale.sale_id
         assert n["allotted"] == sale.allotment, (sid, n)
-        assert n["allotted"] == n["available"] + n["reserved"] + n["sold"], (sid, n)
+        assert n["allotted"] == n["available"] + n["reserved"] + n["sold"] + n["refunded"], (sid, n)
         assert n["available"] >= 0 and n["sold"] <= n["allotted"], f"{sid} oversold: {n}"
         mine = ledger.attempts_of(sid)
         assert n["attempts"] == len(mine), f"{sid}: attempts counter {n['attempts']} != distinct attempts {len(mine)}"
@@ -312,12 +312,12 @@ async def read_raw(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tu
 
 class InvariantSampler:
     """Samples every sale's stock equation in the background while a fault runs: at each moment
-    ``allotted = available + reserved + sold``, nothing negative, ``sold <= allotted`` (one HMGET
+    ``allotted = available + reserved + sold + refunded``, nothing negative, ``sold <= allotted`` (one HMGET
     pipeline per sample, so each sale is read as one script left it). ``client`` is a Redis client
     or a callable returning the one to read now (the primary, in a failover). Samples that fail
     because Redis is unreachable are counted apart, not as violations."""
 
-    FIELDS = ("allotted", "available", "reserved", "sold")
+    FIELDS = ("allotted", "available", "reserved", "sold", "refunded")
 
     def __init__(self, client: aioredis.Redis | Callable[[], aioredis.Redis], sales: list[SaleSpec],
                  interval_s: float = 0.2) -> None:
@@ -342,7 +342,7 @@ class InvariantSampler:
             if row[0] is None:
                 continue  # not opened yet
             n = {f: int(v or 0) for f, v in zip(self.FIELDS, row, strict=True)}
-            if (n["allotted"] != n["available"] + n["reserved"] + n["sold"] or min(n.values()) < 0
+            if (n["allotted"] != n["available"] + n["reserved"] + n["sold"] + n["refunded"] or min(n.values()) < 0
                     or n["sold"] > n["allotted"]):
                 self.violations.append((at, s.sale_id, n))
         self.samples += 1

@@ -196,11 +196,11 @@ async def check_sales(b: MultiBurst, decisions: list[dict[str, Any]], sale_state
     for sale_id in b.sales:
         st = await sale_state(sale_id)
         states[sale_id] = st
-        n = {k: int(st[k]) for k in ("allotted", "available", "reserved", "sold", "attempts", "accepted",
-                                     "rej_sold_out", "rej_limit_exceeded", "rej_sale_not_active",
+        n = {k: int(st.get(k, 0)) for k in ("allotted", "available", "reserved", "sold", "refunded", "attempts",
+                                            "accepted", "rej_sold_out", "rej_limit_exceeded", "rej_sale_not_active",
                                      "rej_duplicate", "rej_invalid")}
         mine = {o for s, o in b.attempts if s == sale_id}
-        assert n["allotted"] == n["available"] + n["reserved"] + n["sold"] == ALLOTMENT, (sale_id, n)
+        assert n["allotted"] == n["available"] + n["reserved"] + n["sold"] + n["refunded"] == ALLOTMENT, (sale_id, n)
         assert n["available"] == 0, f"{sale_id}: the burst is far larger than the allotment"
         assert n["attempts"] == len(mine), f"{sale_id}: attempts counter = distinct order ids"
         assert n["attempts"] == n["accepted"] + sum(n[k] for k in n if k.startswith("rej_")), (sale_id, n)
