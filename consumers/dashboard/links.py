@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--all-rooms", action="store_true", help="a host link: the room list and every room")
     p.add_argument("--distributor", help="with --room: a token that opens only this distributor's commission "
                                          "ledger in the room (GET /api/rooms/{room}/distributors/{id}/ledger); "
-                                         "prints the ledger URL with the token")
+                                         "prints the ledger URL with the token (default: none, a room link)")
     p.add_argument("--hours", type=float, default=12.0, help=f"validity in hours (default 12, at most {MAX_HOURS})")
     p.add_argument("--base-url", help="the dashboard's public URL (default http://FLASHSALE_DASHBOARD_HOST:_PORT)")
     return p
