@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -11,6 +11,9 @@ class WorkerMetrics:
     """Every series a worker exports; labels are low-cardinality (never user or order ids)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No *_created series: one more series per counter and histogram child that no alert or
+        # dashboard reads (prometheus-client's switch is process-wide and idempotent).
+        disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.events_consumed = Counter(

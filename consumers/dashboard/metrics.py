@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 PUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -11,6 +11,9 @@ class DashboardMetrics:
     """Every series the dashboard exports; no room or user labels (unbounded cardinality)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No *_created series: one more series per counter and histogram child that no alert or
+        # dashboard reads (prometheus-client's switch is process-wide and idempotent).
+        disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.connections = Gauge(

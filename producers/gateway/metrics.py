@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RECORD_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10_000)
@@ -12,6 +12,9 @@ class GatewayMetrics:
     """Labels are low-cardinality: route templates, status codes, fixed outcome and reason sets."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No *_created series: one more series per counter and histogram child that no alert or
+        # dashboard reads (prometheus-client's switch is process-wide and idempotent).
+        disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
